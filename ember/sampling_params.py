@@ -141,7 +141,8 @@ class SamplingParams:
     seed: int | None
     """Seeds a per-request generator so the tokens do not depend on the rest of the batch."""
     stop: list[str]
-    """Strings that end generation when produced (not included unless include_stop_str_in_output)."""
+    """Strings that end generation when produced (kept in the text only with
+    include_stop_str_in_output)."""
     stop_token_ids: list[int]
     """Token ids that end generation when produced (in addition to EOS)."""
     ignore_eos: bool
@@ -183,7 +184,7 @@ class SamplingParams:
         prompt_logprobs: int | None = None,
         include_stop_str_in_output: bool = False,
         skip_special_tokens: bool = True,
-        logit_bias: Mapping[int, float] | None = None,
+        logit_bias: Mapping[int, float] | Mapping[str, float] | None = None,
     ) -> None:
         values = _validate(locals())
         for name, value in values.items():

@@ -33,6 +33,14 @@ class SequenceKVCache:
         self.length = 0
         """Positions [0, length) hold valid keys and values for every layer."""
 
+    def fork(self) -> SequenceKVCache:
+        """An independent copy (a second completion continuing from the same prompt)."""
+        twin = SequenceKVCache.__new__(SequenceKVCache)
+        twin.capacity, twin.length = self.capacity, self.length
+        twin.keys = [k.clone() for k in self.keys]
+        twin.values = [v.clone() for v in self.values]
+        return twin
+
     def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
         end = start + k.shape[0]
         if end > self.capacity:

@@ -122,7 +122,7 @@ def parse_gguf_header(
     `source` names the file in error messages. Tensor data is only range-checked, never read.
     Raises ModelFileError with a one-line reason for anything malformed or unsupported.
     """
-    view = memoryview(buffer)
+    view = buffer.data if isinstance(buffer, np.ndarray) else memoryview(buffer)
     if view.ndim != 1 or view.format != "B":
         raise ValueError("parse_gguf_header needs a flat uint8 buffer")
     return _Parser(view, source).parse()

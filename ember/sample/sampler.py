@@ -66,11 +66,11 @@ class Sampler:
                 f"sampler needs logits [B, V] with one row per request, got "
                 f"{tuple(logits.shape)} for {len(states)} requests"
             )
-        batch, vocab = logits.shape
+        batch = logits.shape[0]
         logprob_rows = [i for i, s in enumerate(states) if s.params.logprobs is not None]
-        raw_logprobs = None
+        row_logprobs = None  # [len(logprob_rows), V]
         if logprob_rows and self.logprobs_mode == "raw_logprobs":
-            raw_logprobs = torch.log_softmax(_rows(logits, logprob_rows).float(), dim=-1)
+            row_logprobs = torch.log_softmax(_rows(logits, logprob_rows).float(), dim=-1)
 
         # our own float32 copy: the caller's logits stay untouched
         logits = logits.to(torch.float32, copy=True)
@@ -96,10 +96,10 @@ class Sampler:
 
         logprobs: list[PositionLogprobs | None] = [None] * batch
         if logprob_rows:
-            if raw_logprobs is None:
-                raw_logprobs = torch.log_softmax(_rows(processed, logprob_rows), dim=-1)
+            if row_logprobs is None:
+                row_logprobs = torch.log_softmax(_rows(processed, logprob_rows), dim=-1)
             num_top = [int(states[i].params.logprobs or 0) for i in logprob_rows]
-            gathered = gather_logprobs(raw_logprobs, sampled[logprob_rows], num_top)
+            gathered = gather_logprobs(row_logprobs, sampled[logprob_rows], num_top)
             for row, result in zip(logprob_rows, gathered, strict=True):
                 logprobs[row] = result
         return SamplerOutput(token_ids=sampled.tolist(), logprobs=logprobs)

@@ -87,7 +87,7 @@ def write_sample(path: Path, *, alignment: int | None = None) -> dict[str, np.nd
     writer.add_key_value("t.i64s", [-1, 2**40], GGUFValueType.ARRAY, GGUFValueType.INT64)
     writer.add_array("t.bools", [True, False, True])
     rng = np.random.default_rng(0)
-    tensors = {
+    tensors: dict[str, np.ndarray] = {
         "f32.weight": rng.standard_normal((3, 5)).astype(np.float32),
         "f16.weight": rng.standard_normal(7).astype(np.float16),
         "bf16.weight": rng.integers(0, 2**16, (2, 4), dtype=np.uint16),

@@ -1,0 +1,196 @@
+"""The offline Python API, shaped like vLLM's: LLM(model).generate(prompts, SamplingParams(...))."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from ember.engine.generator import Generator, StreamDelta
+from ember.engine.outputs import RequestOutput
+from ember.errors import RequestError, TokenizerError
+from ember.sampling_params import SamplingParams
+
+PromptInput = str | Mapping[str, Any]
+"""Text, or {"prompt_token_ids": [...]} (optionally with "prompt": the text it came from)."""
+
+Message = Mapping[str, Any]
+
+
+def default_threads() -> int:
+    from ember.envs import num_threads
+
+    configured = num_threads()
+    if configured:
+        return configured
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def set_threads(threads: int | None) -> int:
+    count = threads or default_threads()
+    if count < 1:
+        raise RequestError(f"threads must be at least 1, got {count}")
+    torch.set_num_threads(count)
+    return count
+
+
+class LLM:
+    """A loaded model ready to generate.
+
+    `model` is a library name (`smollm2-135m-instruct`, pulled on first use), a .gguf path,
+    a Hugging Face directory, or `hf:owner/repo[:file]`.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        threads: int | None = None,
+        max_model_len: int | None = None,
+        pull: bool = True,
+    ) -> None:
+        from ember.models.loader import load_model_path
+        from ember.registry.library import DEFAULT_MODEL
+        from ember.registry.resolve import resolve_model
+
+        self.threads = set_threads(threads)
+        source = resolve_model(model or DEFAULT_MODEL, pull_if_missing=pull)
+        self.loaded = load_model_path(source.path)
+        self.model_name = source.name
+        self.generator = Generator(self.loaded, max_model_len)
+        self._request_ids = itertools.count()
+
+    @property
+    def max_model_len(self) -> int:
+        return self.generator.max_model_len
+
+    def get_tokenizer(self) -> Any:
+        return self.loaded.tokenizer
+
+    # -- prompts ------------------------------------------------------------------------------
+
+    def _prompt_ids(self, prompt: PromptInput) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            return prompt, self.loaded.tokenizer.encode(prompt)
+        if isinstance(prompt, Mapping) and "prompt_token_ids" in prompt:
+            ids = prompt["prompt_token_ids"]
+            if not isinstance(ids, Sequence) or not all(
+                isinstance(t, int) and not isinstance(t, bool) for t in ids
+            ):
+                raise RequestError("prompt_token_ids must be a list of integers")
+            return prompt.get("prompt"), list(ids)
+        if isinstance(prompt, Mapping) and isinstance(prompt.get("prompt"), str):
+            return self._prompt_ids(prompt["prompt"])
+        raise RequestError(
+            "a prompt must be a string or a dict with 'prompt_token_ids' (or 'prompt')"
+        )
+
+    def render_chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        add_generation_prompt: bool = True,
+        chat_template: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        **template_kwargs: Any,
+    ) -> str:
+        from ember.tokenizer.chat_template import render_chat_template
+
+        tokenizer = self.loaded.tokenizer
+        template = chat_template or tokenizer.chat_template
+        if not template:
+            raise TokenizerError(
+                f"{self.model_name} has no chat template: use generate() for raw completion "
+                "or pass chat_template="
+            )
+        return render_chat_template(
+            template,
+            [dict(m) for m in messages],
+            add_generation_prompt=add_generation_prompt,
+            bos_token=tokenizer.bos_token or "",
+            eos_token=tokenizer.eos_token or "",
+            tools=tools,
+            **template_kwargs,
+        )
+
+    def chat_prompt_ids(self, messages: Sequence[Message], **kwargs: Any) -> tuple[str, list[int]]:
+        text = self.render_chat(messages, **kwargs)
+        # The template writes BOS itself where the model wants one.
+        return text, self.loaded.tokenizer.encode(text, add_special=False)
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompts: PromptInput | Sequence[PromptInput],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        """One RequestOutput per prompt, in order. Default sampling: vLLM's (max_tokens 16)."""
+        if isinstance(prompts, str | Mapping):
+            prompts = [prompts]
+        prepared = [self._prompt_ids(p) for p in prompts]
+        return self._run(prepared, sampling_params, use_tqdm)
+
+    def chat(
+        self,
+        messages: Sequence[Message] | Sequence[Sequence[Message]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        use_tqdm: bool = True,
+        **template_kwargs: Any,
+    ) -> list[RequestOutput]:
+        """Render each conversation with the model's chat template, then generate."""
+        conversations: list[Sequence[Message]]
+        if messages and isinstance(messages[0], Mapping):
+            conversations = [messages]  # type: ignore[list-item]
+        else:
+            conversations = list(messages)  # type: ignore[arg-type]
+        prepared = [self.chat_prompt_ids(c, **template_kwargs) for c in conversations]
+        return self._run(prepared, sampling_params, use_tqdm)
+
+    def _run(
+        self,
+        prepared: list[tuple[str | None, list[int]]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None,
+        use_tqdm: bool,
+    ) -> list[RequestOutput]:
+        if sampling_params is None:
+            sampling_params = SamplingParams(max_tokens=16)
+        if isinstance(sampling_params, SamplingParams):
+            params_list = [sampling_params] * len(prepared)
+        else:
+            params_list = list(sampling_params)
+            if len(params_list) != len(prepared):
+                raise RequestError(
+                    f"got {len(params_list)} sampling params for {len(prepared)} prompts"
+                )
+        for (_, ids), params in zip(prepared, params_list, strict=True):
+            self.generator.max_new_tokens(ids, params)  # fail before doing any work
+        from tqdm.auto import tqdm
+
+        results = []
+        items = zip(prepared, params_list, strict=True)
+        bar = tqdm(items, total=len(prepared), desc="Generating", unit="req",
+                   disable=not use_tqdm or len(prepared) < 2)
+        for (text, ids), params in bar:
+            request_id = str(next(self._request_ids))
+            results.append(self.generator.run(request_id, text, ids, params))
+        return results
+
+    def stream(
+        self, prompt_ids: list[int], sampling_params: SamplingParams
+    ) -> Iterator[StreamDelta]:
+        """Text deltas of a single completion as they are produced (n must be 1)."""
+        if sampling_params.n != 1:
+            raise RequestError("stream() produces one completion: use n=1")
+        for item in self.generator.stream(prompt_ids, sampling_params):
+            if isinstance(item, StreamDelta):
+                yield item
