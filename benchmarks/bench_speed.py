@@ -24,9 +24,24 @@ def llama_bench(bin_dir: Path, model: Path, threads: int, pp: int, tg: int) -> d
     if not exe.is_file():
         return {}
     out = subprocess.run(
-        [str(exe), "-m", str(model), "-t", str(threads), "-p", str(pp), "-n", str(tg),
-         "-r", "3", "-o", "json"],
-        capture_output=True, text=True, check=True,
+        [
+            str(exe),
+            "-m",
+            str(model),
+            "-t",
+            str(threads),
+            "-p",
+            str(pp),
+            "-n",
+            str(tg),
+            "-r",
+            "3",
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     results = {}
     for row in json.loads(out):
@@ -41,7 +56,9 @@ def main() -> None:
     parser.add_argument("--models", default=DEFAULT_MODELS)
     parser.add_argument("--pp", type=int, default=512)
     parser.add_argument("--tg", type=int, default=128)
-    parser.add_argument("--llama-bin", type=Path, default=Path(os.environ.get("LLAMA_BIN", LLAMA_BIN)))
+    parser.add_argument(
+        "--llama-bin", type=Path, default=Path(os.environ.get("LLAMA_BIN", LLAMA_BIN))
+    )
     args = parser.parse_args()
 
     from ember.bench.speed import decode_speed, prefill_speed
@@ -50,15 +67,19 @@ def main() -> None:
     from ember.registry.resolve import resolve_model
 
     set_threads(args.threads)
-    print(f"# {datetime.date.today()} {platform.processor() or platform.machine()}, "
-          f"{args.threads} threads")
-    print(f"| model | test | Ember tok/s | llama.cpp tok/s | Ember / llama.cpp |")
+    print(
+        f"# {datetime.date.today()} {platform.processor() or platform.machine()}, "
+        f"{args.threads} threads"
+    )
+    print("| model | test | Ember tok/s | llama.cpp tok/s | Ember / llama.cpp |")
     print("|---|---|---|---|---|")
     for name in args.models.split(","):
         source = resolve_model(name)
         loaded = load_model_path(source.path, with_tokenizer=False)
-        ours = {r.test: r.tokens_per_second for r in
-                (prefill_speed(loaded, args.pp), decode_speed(loaded, args.tg))}
+        ours = {
+            r.test: r.tokens_per_second
+            for r in (prefill_speed(loaded, args.pp), decode_speed(loaded, args.tg))
+        }
         del loaded
         peer = llama_bench(args.llama_bin, source.path, args.threads, args.pp, args.tg)
         for test, value in ours.items():

@@ -22,9 +22,12 @@ def add_commands(commands: Any) -> None:
         description="Stream the model's answer to PROMPT, applying its chat template when it "
         "has one. Without PROMPT: an interactive chat (or read the prompt from a pipe).",
     )
-    run.add_argument("model", nargs="?", default=DEFAULT_MODEL,
-                     help=f"library name, .gguf path, HF folder or hf:owner/repo "
-                     f"(default: {DEFAULT_MODEL})")
+    run.add_argument(
+        "model",
+        nargs="?",
+        default=DEFAULT_MODEL,
+        help=f"library name, .gguf path, HF folder or hf:owner/repo (default: {DEFAULT_MODEL})",
+    )
     run.add_argument("prompt", nargs="*", help="the prompt (words are joined by spaces)")
     run.add_argument("--system", help="system prompt for chat models")
     run.add_argument("--verbose", action="store_true", help="print timings after each answer")
@@ -33,23 +36,38 @@ def add_commands(commands: Any) -> None:
     run.set_defaults(handler=_cmd_run)
 
     generate = commands.add_parser(
-        "generate", help="raw completion of a prompt (no chat template)",
+        "generate",
+        help="raw completion of a prompt (no chat template)",
         description="Continue PROMPT as raw text (no chat template), streaming the result.",
     )
     generate.add_argument("model", help="library name, .gguf path, HF folder or hf:owner/repo")
     generate.add_argument("prompt", nargs="+", help="the text to continue")
-    generate.add_argument("--json", action="store_true",
-                          help="print the whole result as JSON (token ids, logprobs, ...)")
-    generate.add_argument("--logprobs", type=int, default=None, metavar="N",
-                          help="with --json: top-N logprobs of each generated token")
-    generate.add_argument("--prompt-logprobs", type=int, default=None, metavar="N",
-                          help="with --json: top-N logprobs of each prompt token")
+    generate.add_argument(
+        "--json",
+        action="store_true",
+        help="print the whole result as JSON (token ids, logprobs, ...)",
+    )
+    generate.add_argument(
+        "--logprobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --json: top-N logprobs of each generated token",
+    )
+    generate.add_argument(
+        "--prompt-logprobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --json: top-N logprobs of each prompt token",
+    )
     _add_model_options(generate)
     _add_sampling_options(generate, max_tokens=128, temperature=0.0)
     generate.set_defaults(handler=_cmd_generate)
 
     ppl = commands.add_parser(
-        "perplexity", help="perplexity of a text file, computed as llama-perplexity does",
+        "perplexity",
+        help="perplexity of a text file, computed as llama-perplexity does",
     )
     ppl.add_argument("model", help="library name, .gguf path, HF folder or hf:owner/repo")
     ppl.add_argument("file", type=Path, help="UTF-8 text file")
@@ -60,20 +78,35 @@ def add_commands(commands: Any) -> None:
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-t", "--threads", type=int, default=None,
-                        help="CPU threads (default: the cores available)")
-    parser.add_argument("--ctx", type=int, default=None, dest="max_model_len",
-                        help="context length to allow (default: the model's)")
+    parser.add_argument(
+        "-t", "--threads", type=int, default=None, help="CPU threads (default: the cores available)"
+    )
+    parser.add_argument(
+        "--ctx",
+        type=int,
+        default=None,
+        dest="max_model_len",
+        help="context length to allow (default: the model's)",
+    )
 
 
 def _add_sampling_options(
     parser: argparse.ArgumentParser, *, max_tokens: int, temperature: float
 ) -> None:
     group = parser.add_argument_group("sampling")
-    group.add_argument("-n", "--max-tokens", type=int, default=max_tokens,
-                       help=f"most tokens to generate (default {max_tokens})")
-    group.add_argument("--temperature", type=float, default=temperature,
-                       help=f"0 is greedy (default {temperature})")
+    group.add_argument(
+        "-n",
+        "--max-tokens",
+        type=int,
+        default=max_tokens,
+        help=f"most tokens to generate (default {max_tokens})",
+    )
+    group.add_argument(
+        "--temperature",
+        type=float,
+        default=temperature,
+        help=f"0 is greedy (default {temperature})",
+    )
     group.add_argument("--top-k", type=int, default=40 if temperature else 0)
     group.add_argument("--top-p", type=float, default=0.95 if temperature else 1.0)
     group.add_argument("--min-p", type=float, default=0.05 if temperature else 0.0)
@@ -162,8 +195,10 @@ def _interactive(
     llm: Any, params: Any, system: list[dict[str, str]], has_template: bool, verbose: bool
 ) -> int:
     mode = "chat" if has_template else "completion (the model has no chat template)"
-    print(f"{llm.model_name}: {mode}. /clear forgets the conversation, /bye (or Ctrl-D) quits.",
-          file=sys.stderr)
+    print(
+        f"{llm.model_name}: {mode}. /clear forgets the conversation, /bye (or Ctrl-D) quits.",
+        file=sys.stderr,
+    )
     history: list[dict[str, str]] = list(system)
     while True:
         try:
@@ -245,8 +280,9 @@ def _cmd_perplexity(args: argparse.Namespace) -> int:
     def report(done: int, total: int, running: float) -> None:
         print(f"[{done}/{total}] {running:.4f}", file=sys.stderr, flush=True)
 
-    result = perplexity(llm.loaded, text, n_ctx=args.ctx_size, max_chunks=args.chunks,
-                        on_chunk=report)
+    result = perplexity(
+        llm.loaded, text, n_ctx=args.ctx_size, max_chunks=args.chunks, on_chunk=report
+    )
     print(
         f"PPL = {result.perplexity:.4f} ({result.chunks} chunks of {args.ctx_size} tokens, "
         f"{result.tokens_scored} tokens scored)"

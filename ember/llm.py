@@ -178,8 +178,13 @@ class LLM:
 
         results = []
         items = zip(prepared, params_list, strict=True)
-        bar = tqdm(items, total=len(prepared), desc="Generating", unit="req",
-                   disable=not use_tqdm or len(prepared) < 2)
+        bar = tqdm(
+            items,
+            total=len(prepared),
+            desc="Generating",
+            unit="req",
+            disable=not use_tqdm or len(prepared) < 2,
+        )
         for (text, ids), params in bar:
             request_id = str(next(self._request_ids))
             results.append(self.generator.run(request_id, text, ids, params))

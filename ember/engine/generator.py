@@ -132,8 +132,9 @@ class Generator:
             if params.seed is not None and index > 0:
                 # Distinct but reproducible samples for n > 1.
                 seq_params = dataclasses.replace(params, seed=params.seed + index)
-            yield from self._decode(index, prompt_ids, seq_params, cache, prefill.last_logits,
-                                    max_new)
+            yield from self._decode(
+                index, prompt_ids, seq_params, cache, prefill.last_logits, max_new
+            )
 
     def _decode(
         self,

@@ -37,7 +37,9 @@ def supported_architectures() -> list[str]:
 def _load(table: dict[str, str], name: str, where: str) -> ModuleType:
     if name not in table:
         supported = ", ".join(sorted(table))
-        raise ModelFileError(f"unsupported architecture {name!r} in {where} (supported: {supported})")
+        raise ModelFileError(
+            f"unsupported architecture {name!r} in {where} (supported: {supported})"
+        )
     return importlib.import_module(table[name])
 
 

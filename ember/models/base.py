@@ -41,13 +41,18 @@ class DecoderLM(nn.Module):
         factors = freq_factors.to_float() if freq_factors is not None else None
         rotary_dim = config.rotary_dim
         self.rotary_global = RotaryEmbedding(
-            config.head_dim, config.rope, interleaved=config.rope_interleaved,
-            rotary_dim=rotary_dim, freq_factors=factors,
+            config.head_dim,
+            config.rope,
+            interleaved=config.rope_interleaved,
+            rotary_dim=rotary_dim,
+            freq_factors=factors,
         )
         self.rotary_local = self.rotary_global
         if config.rope_local is not None:
             self.rotary_local = RotaryEmbedding(
-                config.head_dim, config.rope_local, interleaved=config.rope_interleaved,
+                config.head_dim,
+                config.rope_local,
+                interleaved=config.rope_interleaved,
                 rotary_dim=rotary_dim,
             )
 
@@ -56,9 +61,7 @@ class DecoderLM(nn.Module):
         return SequenceKVCache(c.num_layers, capacity, c.num_kv_heads, c.head_dim, dtype)
 
     @torch.inference_mode()
-    def forward(
-        self, token_ids: torch.Tensor, cache: SequenceKVCache, start: int
-    ) -> torch.Tensor:
+    def forward(self, token_ids: torch.Tensor, cache: SequenceKVCache, start: int) -> torch.Tensor:
         """Run tokens at positions [start, start+T) of one sequence -> final hidden [T, hidden]."""
         positions = torch.arange(start, start + token_ids.shape[0])
         x = self.embed(token_ids)

@@ -96,7 +96,7 @@ def gguf_rope(meta: dict[str, Any], arch: str) -> RopeConfig:
 
 
 def hf_rope(cfg: dict[str, Any], layer_type: str = "full_attention") -> RopeConfig:
-    """RoPE of Hugging Face configs, old style (rope_theta, rope_scaling) or new (rope_parameters)."""
+    """RoPE from config.json: old style (rope_theta, rope_scaling) or new (rope_parameters)."""
     params = cfg.get("rope_parameters")
     if isinstance(params, dict) and layer_type in params:
         params = params[layer_type]

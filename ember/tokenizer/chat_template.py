@@ -166,10 +166,13 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
-    # Subclasses of the scalar types (str enums, ...) carry methods: keep the value only.
-    for kind in (bool, int, float):
-        if isinstance(value, kind):
-            return kind(value)
+    # Subclasses of the scalar types (enums, numpy scalars...) carry methods: keep the value.
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
     return str(value)
 
 

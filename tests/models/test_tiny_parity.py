@@ -12,7 +12,9 @@ from tests.models.tiny import SPECS, VOCAB, build_hf_model, save_gguf, save_hf
 
 pytestmark = pytest.mark.models
 
-PROMPT = torch.tensor([[3, 17, 42, 99, 5, 7, 120, 64, 33, 2, 150, 11, 8, 91, 27, 45, 6, 130, 77, 12]])
+PROMPT = torch.tensor(
+    [[3, 17, 42, 99, 5, 7, 120, 64, 33, 2, 150, 11, 8, 91, 27, 45, 6, 130, 77, 12]]
+)
 
 
 def _ember_logits(path: Path, prompt: torch.Tensor) -> torch.Tensor:
@@ -90,7 +92,7 @@ def test_quantized_gguf_matches_transformers_on_dequantized_weights(
     assert loaded.model.layers[0].attn.q_proj.method.name == qtype
     ggml_type = gguf.GGMLQuantizationType[qtype]
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.ndim == 2:
                 array = param.detach().numpy()
                 restored = gguf.quants.dequantize(gguf.quants.quantize(array, ggml_type), ggml_type)

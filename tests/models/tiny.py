@@ -35,7 +35,9 @@ def _common(**extra: Any) -> dict[str, Any]:
 
 
 SPECS = {
-    "llama": TinySpec("llama", _common(rope_parameters={"rope_type": "default", "rope_theta": 10000.0})),
+    "llama": TinySpec(
+        "llama", _common(rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    ),
     "llama3-scaled": TinySpec(
         "llama",
         _common(

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.parity.conftest import load_reference, reference_file
-
-import pytest
 
 pytestmark = pytest.mark.parity
 

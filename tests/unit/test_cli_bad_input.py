@@ -83,9 +83,9 @@ def test_unknown_quant_type(tmp_path: Path) -> None:
     path = _writer_file(tmp_path / "iq.gguf", "llama", tensor_type="IQ2_XS")
     with pytest.raises(ModelFileError, match="IQ2_XS"):
         # The tensor type is checked before the (absent) hyperparameters would be.
-        from ember.loader.weights import store_from_gguf
-        from ember.loader.gguf_file import read_gguf
         from ember.layers.linear import QuantEmbedding
+        from ember.loader.gguf_file import read_gguf
+        from ember.loader.weights import store_from_gguf
 
         QuantEmbedding(store_from_gguf(read_gguf(path)).take("token_embd.weight"))
     with pytest.raises(ModelFileError):
@@ -119,7 +119,9 @@ def test_unknown_model_name(capsys) -> None:
 def test_real_process_exit_code(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "ember.cli", "generate", str(tmp_path / "x.gguf"), "hi"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 1
     assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr

@@ -1,19 +1,17 @@
 """Ember's GGUF parser against gguf.GGUFReader on the two real anchor models.
 
-GGUFReader needs ~10 s for Gemma's 262k-token vocabulary, hence the `slow` marker. Skipped
-when the model files are absent (CI pulls them).
+GGUFReader needs ~10 s for Gemma's 262k-token vocabulary, hence the `slow` marker. The models
+are pulled through Ember's library on first use.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ember.loader.gguf_file import GGUFFile, read_gguf, read_gguf_with_gguf_reader
+from tests.conftest import real_model_path
 
-ANCHOR_DIR = Path.home() / ".cache" / "ember-anchor-models"
 MODELS = {
     "smollm2": ("SmolLM2-135M-Instruct.Q4_1.gguf", "llama", 272),
     "gemma3": ("gemma-3-270m-q4_k_m.gguf", "gemma3", 236),
@@ -25,9 +23,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def both_readers(request: pytest.FixtureRequest) -> tuple[GGUFFile, GGUFFile, str, int]:
     file_name, architecture, n_tensors = MODELS[request.param]
-    path = ANCHOR_DIR / file_name
-    if not path.is_file():
-        pytest.skip(f"{path} not downloaded")
+    path = real_model_path(file_name)
     return read_gguf(path), read_gguf_with_gguf_reader(path), architecture, n_tensors
 
 

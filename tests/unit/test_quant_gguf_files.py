@@ -5,8 +5,6 @@ Every comparison is bit-exact. Skips when a model file is absent (CI pulls them)
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import gguf
 import numpy as np
 import pytest
@@ -14,29 +12,25 @@ import torch
 from gguf import GGMLQuantizationType
 
 from ember.quant.base import get_quant_method
+from tests.conftest import real_model_path
 
-MODELS_DIR = Path("/root/.cache/ember-anchor-models")
-SMOLLM2 = MODELS_DIR / "SmolLM2-135M-Instruct.Q4_1.gguf"
-GEMMA3 = MODELS_DIR / "gemma-3-270m-q4_k_m.gguf"
 TENSORS_PER_TYPE = 3
 # Caps the numpy reference's work on the 262144-row embedding tables.
 MAX_ROWS = 2048
 
 
-def load_reader(path: Path) -> gguf.GGUFReader:
-    if not path.is_file():
-        pytest.skip(f"{path.name} not present")
-    return gguf.GGUFReader(path)
+def load_reader(key: str) -> gguf.GGUFReader:
+    return gguf.GGUFReader(real_model_path(key))
 
 
 @pytest.fixture(scope="module")
 def smollm2() -> gguf.GGUFReader:
-    return load_reader(SMOLLM2)
+    return load_reader("smollm2")
 
 
 @pytest.fixture(scope="module")
 def gemma3() -> gguf.GGUFReader:
-    return load_reader(GEMMA3)
+    return load_reader("gemma3")
 
 
 def raw_rows(tensor: gguf.ReaderTensor) -> tuple[np.ndarray, int]:

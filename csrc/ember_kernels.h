@@ -1,0 +1,56 @@
+// Plain C++ interface between the kernel files and the torch op layer (ops.cpp).
+// Only ops.cpp includes torch headers, so the kernel files compile in a second or two.
+#pragma once
+
+#include <cstdint>
+
+namespace ember {
+
+// GGML type ids (the values of ggml_type in the GGUF format).
+enum GgmlType : int64_t {
+  kQ4_0 = 2,
+  kQ4_1 = 3,
+  kQ5_0 = 6,
+  kQ5_1 = 7,
+  kQ8_0 = 8,
+  kQ4_K = 12,
+  kQ5_K = 13,
+  kQ6_K = 14,
+};
+
+struct TypeInfo {
+  int64_t block_size;  // weights per block
+  int64_t type_size;   // bytes per block
+  bool k_quant;        // 256-weight super-blocks, activations quantized per 256
+};
+
+// nullptr when the type has no fast kernel.
+const TypeInfo* find_type(int64_t qtype);
+
+// ---- integer path (small M): activations quantized to int8, VNNI dot products ----
+constexpr int kGemvMaxRows = 8;  // activation rows handled in one pass over the weights
+
+// Bytes of scratch for one quantized activation row of K values (a multiple of 64).
+int64_t act_row_bytes(const TypeInfo& info, int64_t K);
+void quantize_act_row(const TypeInfo& info, const float* x, int64_t K, uint8_t* dst);
+
+// out[m * ldo + r] = dot(activation row m, weight row r) for m < n_act, r in [r0, r1).
+// `acts` holds n_act rows of act_row_bytes(K) bytes each.
+void gemv(int64_t qtype, int n_act, const uint8_t* weights, int64_t row_bytes, int64_t K,
+          const uint8_t* acts, float* out, int64_t ldo, int64_t r0, int64_t r1);
+
+// ---- dequantization (embedding rows, bf16 weight tiles) ----
+// Exactly the reference dequantizer's values (same float operations in the same order).
+void dequant_row_f32(int64_t qtype, const uint8_t* row, int64_t K, float* out);
+void dequant_row_bf16(int64_t qtype, const uint8_t* row, int64_t K, uint16_t* out);
+
+// ---- bf16 path (large M) ----
+void f32_to_bf16(const float* x, int64_t n, uint16_t* out);
+
+// C[m * ldc + n] = dot(A row m, B row n) for m < m_valid, n < n_valid, in fp32.
+// A and B are bf16 rows of K values (K a multiple of 32); both must hold rows up to the next
+// multiple of 4 past m_valid / n_valid (zero padding is fine).
+void gemm_bf16(const uint16_t* A, int64_t lda, int64_t m_valid, const uint16_t* B, int64_t ldb,
+               int64_t n_valid, int64_t K, float* C, int64_t ldc);
+
+}  // namespace ember
