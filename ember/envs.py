@@ -37,3 +37,8 @@ def wheel_dir() -> Path | None:
 def debug() -> bool:
     """EMBER_DEBUG=1: show tracebacks of internal errors instead of one line."""
     return bool(os.environ.get("EMBER_DEBUG"))
+
+
+def no_kernels() -> bool:
+    """EMBER_NO_KERNELS=1: skip the native CPU kernels and run the pure-torch reference path."""
+    return os.environ.get("EMBER_NO_KERNELS", "") not in ("", "0")

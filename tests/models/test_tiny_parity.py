@@ -100,3 +100,19 @@ def test_quantized_gguf_matches_transformers_on_dequantized_weights(
         reference = model(PROMPT).logits[0]
     logits = _ember_logits(path, PROMPT)
     torch.testing.assert_close(logits, reference, atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_safetensors(tmp_path: Path, dtype: torch.dtype) -> None:
+    """bf16/fp16 folders load in their dtype and compute what transformers computes in fp32
+    on the same (rounded) weights."""
+    model = build_hf_model("llama")
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(param.to(dtype).float())
+        reference = model(PROMPT).logits[0]
+    save_hf(model.to(dtype), tmp_path)
+    loaded = load_model_path(tmp_path, with_tokenizer=False)
+    assert loaded.model.layers[0].mlp.up.method.name == {torch.bfloat16: "BF16"}.get(dtype, "F16")
+    logits = _ember_logits(tmp_path, PROMPT)
+    torch.testing.assert_close(logits, reference, atol=2e-4, rtol=1e-4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,3 +192,53 @@ def save_gguf(model: torch.nn.Module, path: Path, qtype: str = "F32") -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+# --- a tiny tokenizer for Hugging Face folders -------------------------------------------
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CORPUS = [
+    "Hello world, the quick brown fox jumps over the lazy dog.",
+    "Ünïcödé text: café, naïve, 日本語, emoji 😀 and more 😀!",
+    "def f(x):\n    return x * 2\n",
+] * 20
+TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def write_byte_level_tokenizer(tmp_path: Path, vocab_size: int = 400) -> Path:
+    """A byte-level BPE tokenizer.json (+ config with a chat template) trained on CORPUS."""
+    from tokenizers import Tokenizer as RustTokenizer
+    from tokenizers import decoders, pre_tokenizers
+    from tokenizers.models import BPE
+    from tokenizers.trainers import BpeTrainer
+
+    tokenizer = RustTokenizer(BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(CORPUS, trainer=trainer)
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    write_json(
+        tmp_path / "tokenizer_config.json",
+        {
+            "bos_token": "<|im_start|>",
+            "eos_token": {"content": "<|endoftext|>", "special": True},
+            "add_bos_token": False,
+            "chat_template": TEMPLATE,
+        },
+    )
+    write_json(tmp_path / "generation_config.json", {"eos_token_id": [0, 2]})
+    return tmp_path

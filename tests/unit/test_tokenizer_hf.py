@@ -6,57 +6,20 @@ import json
 from pathlib import Path
 
 import pytest
-from tokenizers import AddedToken, decoders, normalizers, pre_tokenizers
+from tokenizers import AddedToken, decoders, normalizers
 from tokenizers import Tokenizer as RustTokenizer
 from tokenizers.models import BPE
-from tokenizers.trainers import BpeTrainer
 
 from ember.errors import TokenizerError
 from ember.tokenizer.chat_template import render_chat_template
 from ember.tokenizer.detokenizer import IncrementalDetokenizer
 from ember.tokenizer.hf_tokenizer import HFTokenizer, tokenizer_from_hf_directory
-
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-CORPUS = [
-    "Hello world, the quick brown fox jumps over the lazy dog.",
-    "Ünïcödé text: café, naïve, 日本語, emoji 😀 and more 😀!",
-    "def f(x):\n    return x * 2\n",
-] * 20
-TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-    "{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data), encoding="utf-8")
+from tests.models.tiny import TEMPLATE, write_byte_level_tokenizer, write_json
 
 
 @pytest.fixture
 def byte_level_dir(tmp_path: Path) -> Path:
-    tokenizer = RustTokenizer(BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = BpeTrainer(
-        vocab_size=400,
-        special_tokens=SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(CORPUS, trainer=trainer)
-    tokenizer.save(str(tmp_path / "tokenizer.json"))
-    write_json(
-        tmp_path / "tokenizer_config.json",
-        {
-            "bos_token": "<|im_start|>",
-            "eos_token": {"content": "<|endoftext|>", "special": True},
-            "add_bos_token": False,
-            "chat_template": TEMPLATE,
-        },
-    )
-    write_json(tmp_path / "generation_config.json", {"eos_token_id": [0, 2]})
-    return tmp_path
+    return write_byte_level_tokenizer(tmp_path)
 
 
 def test_encode_decode_match_the_library(byte_level_dir: Path) -> None:

@@ -1,0 +1,169 @@
+// Torch custom ops over the kernels: ember::qmatmul and ember::qembedding.
+// Threads come from torch's intra-op pool (at::parallel_for), so torch.set_num_threads applies.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#include "ember_kernels.h"
+
+namespace {
+
+// Activation rows up to this count take the int8 VNNI path (weights streamed once per
+// kGemvMaxRows rows); more take the bf16 tile GEMM.
+constexpr int64_t kIntegerPathMaxRows = 8;
+// Below this many weight bytes per task, splitting across threads costs more than it saves.
+constexpr int64_t kMinBytesPerTask = 48 * 1024;
+// bf16 weight tile size per thread (kept well inside L2).
+constexpr int64_t kTileBytes = 192 * 1024;
+
+struct FreeDeleter {
+  void operator()(uint8_t* p) const { std::free(p); }
+};
+
+// Grow-only, 64-byte aligned scratch owned by the calling thread. Slot 0 holds the activations
+// (written by the calling thread, read by all), slot 1 each thread's weight tile.
+uint8_t* scratch(int slot, size_t bytes) {
+  thread_local std::unique_ptr<uint8_t, FreeDeleter> buffers[2];
+  thread_local size_t sizes[2] = {0, 0};
+  if (sizes[slot] < bytes) {
+    const size_t rounded = (bytes + 4095) / 4096 * 4096;
+    buffers[slot].reset(static_cast<uint8_t*>(std::aligned_alloc(64, rounded)));
+    TORCH_CHECK(buffers[slot] != nullptr, "ember kernels: out of memory for ", rounded, " bytes");
+    sizes[slot] = rounded;
+  }
+  return buffers[slot].get();
+}
+
+const ember::TypeInfo& checked_type(int64_t qtype) {
+  const ember::TypeInfo* info = ember::find_type(qtype);
+  TORCH_CHECK(info != nullptr, "ember kernels: no fast kernel for ggml type ", qtype);
+  return *info;
+}
+
+at::Tensor checked_raw(const at::Tensor& raw, const ember::TypeInfo& info, int64_t cols) {
+  TORCH_CHECK(cols > 0 && cols % info.block_size == 0, "ember kernels: ", cols,
+              " columns is not a whole number of ", info.block_size, "-weight blocks");
+  TORCH_CHECK(raw.device().is_cpu() && raw.scalar_type() == at::kByte && raw.dim() == 2 &&
+                  raw.size(1) == cols / info.block_size * info.type_size,
+              "ember kernels: weight bytes must be uint8 [rows, ",
+              cols / info.block_size * info.type_size, "]");
+  return raw.contiguous();
+}
+
+void integer_path(const ember::TypeInfo& info, int64_t qtype, const float* x, int64_t M,
+                  int64_t K, const uint8_t* w, int64_t N, int64_t row_bytes, float* out) {
+  const int64_t act_bytes = ember::act_row_bytes(info, K);
+  const int64_t grain = std::max<int64_t>(1, kMinBytesPerTask / row_bytes);
+  for (int64_t m0 = 0; m0 < M; m0 += ember::kGemvMaxRows) {
+    const int n_act = static_cast<int>(std::min<int64_t>(ember::kGemvMaxRows, M - m0));
+    uint8_t* acts = scratch(0, n_act * act_bytes);
+    for (int i = 0; i < n_act; ++i)
+      ember::quantize_act_row(info, x + (m0 + i) * K, K, acts + i * act_bytes);
+    float* dst = out + m0 * N;
+    at::parallel_for(0, N, grain, [&](int64_t r0, int64_t r1) {
+      ember::gemv(qtype, n_act, w, row_bytes, K, acts, dst, N, r0, r1);
+    });
+  }
+}
+
+void bf16_path(int64_t qtype, const float* x, int64_t M, int64_t K,
+               const uint8_t* w, int64_t N, int64_t row_bytes, float* out) {
+  const int64_t m_pad = (M + 3) / 4 * 4;
+  uint16_t* a = reinterpret_cast<uint16_t*>(scratch(0, m_pad * K * sizeof(uint16_t)));
+  at::parallel_for(0, M, std::max<int64_t>(1, 65536 / K), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) ember::f32_to_bf16(x + r * K, K, a + r * K);
+  });
+  std::memset(a + M * K, 0, (m_pad - M) * K * sizeof(uint16_t));
+
+  const int64_t tile_rows =
+      std::clamp<int64_t>(kTileBytes / (K * 2) / 4 * 4, 4, 64);
+  const int64_t n_tiles = (N + tile_rows - 1) / tile_rows;
+  // Split M too when there are too few tiles to keep every thread busy.
+  const int64_t threads = at::get_num_threads();
+  const int64_t m_quads = m_pad / 4;
+  const int64_t m_chunks =
+      std::clamp<int64_t>((4 * threads + n_tiles - 1) / n_tiles, 1, std::max<int64_t>(1, m_quads / 4));
+  const int64_t quads_per_chunk = (m_quads + m_chunks - 1) / m_chunks;
+
+  at::parallel_for(0, n_tiles * m_chunks, 1, [&](int64_t t0, int64_t t1) {
+    // Slot 1: the calling thread works too, and its slot 0 holds `a`.
+    uint16_t* tile = reinterpret_cast<uint16_t*>(scratch(1, (tile_rows + 4) * K * sizeof(uint16_t)));
+    int64_t loaded = -1;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t tile_idx = t / m_chunks, chunk = t % m_chunks;
+      const int64_t n0 = tile_idx * tile_rows, n1 = std::min(N, n0 + tile_rows);
+      if (tile_idx != loaded) {
+        for (int64_t r = n0; r < n1; ++r)
+          ember::dequant_row_bf16(qtype, w + r * row_bytes, K, tile + (r - n0) * K);
+        const int64_t pad_rows = (4 - (n1 - n0) % 4) % 4;
+        std::memset(tile + (n1 - n0) * K, 0, pad_rows * K * sizeof(uint16_t));
+        loaded = tile_idx;
+      }
+      const int64_t mq0 = chunk * quads_per_chunk;
+      const int64_t m0 = std::min(M, mq0 * 4), m1 = std::min(M, (mq0 + quads_per_chunk) * 4);
+      if (m1 > m0)
+        ember::gemm_bf16(a + m0 * K, K, m1 - m0, tile, K, n1 - n0, K, out + m0 * N + n0, N);
+    }
+  });
+}
+
+at::Tensor qmatmul(const at::Tensor& x, const at::Tensor& raw, int64_t cols, int64_t qtype,
+                   int64_t path) {
+  const ember::TypeInfo& info = checked_type(qtype);
+  const at::Tensor w = checked_raw(raw, info, cols);
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == cols && x.device().is_cpu(),
+              "ember kernels: input must be [rows, ", cols, "] on the CPU");
+  const at::Tensor xf = x.to(at::kFloat).contiguous();
+  const int64_t M = xf.size(0), N = w.size(0), row_bytes = w.size(1);
+  at::Tensor out = at::empty({M, N}, xf.options());
+  if (M == 0 || N == 0) return out;
+  const bool integer = path == 1 || (path == 0 && M <= kIntegerPathMaxRows);
+  if (integer) {
+    integer_path(info, qtype, xf.const_data_ptr<float>(), M, cols, w.const_data_ptr<uint8_t>(), N,
+                 row_bytes, out.mutable_data_ptr<float>());
+  } else {
+    bf16_path(qtype, xf.const_data_ptr<float>(), M, cols, w.const_data_ptr<uint8_t>(), N,
+              row_bytes, out.mutable_data_ptr<float>());
+  }
+  return out;
+}
+
+at::Tensor qembedding(const at::Tensor& raw, int64_t cols, const at::Tensor& ids, int64_t qtype) {
+  const ember::TypeInfo& info = checked_type(qtype);
+  const at::Tensor w = checked_raw(raw, info, cols);
+  TORCH_CHECK(ids.dim() == 1 && ids.scalar_type() == at::kLong && ids.device().is_cpu(),
+              "ember kernels: ids must be a 1-D int64 CPU tensor");
+  const at::Tensor idx = ids.contiguous();
+  const int64_t n = idx.size(0), rows = w.size(0), row_bytes = w.size(1);
+  const int64_t* id = idx.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i)
+    TORCH_CHECK(id[i] >= 0 && id[i] < rows, "ember kernels: id ", id[i], " out of range [0, ",
+                rows, ")");
+  at::Tensor out = at::empty({n, cols}, raw.options().dtype(at::kFloat));
+  const uint8_t* base = w.const_data_ptr<uint8_t>();
+  float* dst = out.mutable_data_ptr<float>();
+  at::parallel_for(0, n, std::max<int64_t>(1, 262144 / (cols * 4)), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      ember::dequant_row_f32(qtype, base + id[i] * row_bytes, cols, dst + i * cols);
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(ember, m) {
+  m.def("qmatmul(Tensor x, Tensor raw, int cols, int qtype, int path=0) -> Tensor");
+  m.def("qembedding(Tensor raw, int cols, Tensor ids, int qtype) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(ember, CPU, m) {
+  m.impl("qmatmul", &qmatmul);
+  m.impl("qembedding", &qembedding);
+}

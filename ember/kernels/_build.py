@@ -1,0 +1,96 @@
+"""Compile (once per source/torch/CPU combination) and load the native kernel library.
+
+The library is built with torch's JIT extension builder into
+<ember_home>/kernels/<digest>/, where the digest covers the C++ sources, the torch version, the
+compiler flags and the CPU's feature flags (the code is compiled with -march=native). Later
+processes load the finished .so directly, without touching the compiler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from ember import envs
+
+log = logging.getLogger("ember.kernels")
+
+LIBRARY_NAME = "ember_kernels"
+SOURCE_DIR = Path(__file__).resolve().parents[2] / "csrc"
+SOURCES = ("ops.cpp", "gemv.cpp", "gemm_bf16.cpp")
+HEADERS = ("ember_kernels.h", "blocks.h")
+CFLAGS = ("-O3", "-march=native", "-ffp-contract=off")
+REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "f16c")
+
+
+class KernelBuildError(Exception):
+    """The kernels cannot be built or loaded here; the message is a one-line reason."""
+
+
+def cpu_flags() -> frozenset[str]:
+    """The feature flags of the first CPU in /proc/cpuinfo (empty when unreadable)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def build_dir(flags: frozenset[str]) -> Path:
+    digest = hashlib.sha256()
+    for name in (*SOURCES, *HEADERS):
+        digest.update(name.encode())
+        digest.update((SOURCE_DIR / name).read_bytes())
+    digest.update(torch.__version__.encode())
+    digest.update(" ".join(CFLAGS).encode())
+    digest.update(" ".join(sorted(flags)).encode())
+    return envs.ember_home() / "kernels" / digest.hexdigest()[:16]
+
+
+def load_library() -> Path:
+    """Load the kernel library, compiling it first if needed; KernelBuildError if impossible."""
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        raise KernelBuildError(f"no native kernels for {platform.system()} {platform.machine()}")
+    flags = cpu_flags()
+    missing = [flag for flag in REQUIRED_CPU_FLAGS if flag not in flags]
+    if missing:
+        raise KernelBuildError(f"this CPU lacks {', '.join(missing)}")
+    if not all((SOURCE_DIR / name).is_file() for name in (*SOURCES, *HEADERS)):
+        raise KernelBuildError(f"kernel sources not found in {SOURCE_DIR}")
+    directory = build_dir(flags)
+    library = directory / f"{LIBRARY_NAME}.so"
+    if library.is_file():
+        torch.ops.load_library(str(library))
+        return library
+    return _compile(directory)
+
+
+def _compile(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    log.info("compiling Ember's CPU kernels into %s (first run only)", directory)
+    started = time.monotonic()
+    try:
+        from torch.utils import cpp_extension
+
+        built = cpp_extension.load(
+            name=LIBRARY_NAME,
+            sources=[str(SOURCE_DIR / name) for name in SOURCES],
+            extra_cflags=list(CFLAGS),
+            build_directory=str(directory),
+            is_python_module=False,
+            verbose=False,
+        )
+    except Exception as error:  # compiler missing, compile error, ninja missing, ...
+        details = directory / "build-error.log"
+        details.write_text(f"{type(error).__name__}: {error}\n", encoding="utf-8")
+        raise KernelBuildError(f"compiling them failed (details in {details})") from error
+    log.info("compiled Ember's CPU kernels in %.1f s", time.monotonic() - started)
+    return Path(str(built))

@@ -1,0 +1,78 @@
+"""`ember run` as a person uses it: one-shot prompts, a pipe, and the interactive chat."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.parity
+
+EMBER = [sys.executable, "-m", "ember.cli"]
+
+
+def test_run_answers_a_prompt_with_the_chat_template() -> None:
+    done = subprocess.run(
+        [*EMBER, "run", "smollm2-135m-instruct", "Name three fruits.", "--temperature", "0",
+         "-n", "40", "--verbose"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    # llama.cpp's greedy reply to this chat starts "1. Bananas" (llamacpp-chat.json).
+    assert done.stdout.startswith("1.")
+    assert "tok/s" in done.stderr
+
+
+def test_run_reads_the_prompt_from_a_pipe() -> None:
+    done = subprocess.run(
+        [*EMBER, "run", "smollm2-135m-instruct", "--temperature", "0", "-n", "8"],
+        input="What is the capital of France?", capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
+
+
+def _read_until(fd: int, marker: bytes, timeout: float) -> bytes:
+    data = b""
+    deadline = time.monotonic() + timeout
+    while marker not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no {marker!r} within {timeout}s; got {data[-500:]!r}")
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+def test_interactive_chat_keeps_history_and_quits() -> None:
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [*EMBER, "run", "smollm2-135m-instruct", "--temperature", "0", "-n", "24"],
+        stdin=follower, stdout=follower, stderr=follower, close_fds=True,
+    )
+    os.close(follower)
+    try:
+        _read_until(leader, b">>> ", 300)
+        os.write(leader, b"My name is Ada. Say hello to me.\n")
+        first = _read_until(leader, b">>> ", 300)
+        assert len(first.strip()) > len(b">>>")
+        os.write(leader, b"/clear\n")
+        assert b"cleared" in _read_until(leader, b">>> ", 60)
+        os.write(leader, b"/bye\n")
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(leader)
