@@ -153,7 +153,9 @@ class LLM:
             conversations = [messages]  # type: ignore[list-item]
         else:
             conversations = list(messages)  # type: ignore[arg-type]
-        prepared = [self.chat_prompt_ids(c, **template_kwargs) for c in conversations]
+        prepared: list[tuple[str | None, list[int]]] = [
+            self.chat_prompt_ids(c, **template_kwargs) for c in conversations
+        ]
         return self._run(prepared, sampling_params, use_tqdm)
 
     def _run(

@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
 .venv/bin/ruff check ember tests benchmarks
+.venv/bin/mypy ember
 exec .venv/bin/python -m pytest -q "$@"

@@ -12,6 +12,8 @@ from ember.quant.base import get_quant_method
 class QuantLinear(nn.Module):
     """y = x @ W.T (+ b), with W held as raw blocks and multiplied by its quant method."""
 
+    raw: torch.Tensor  # uint8 [out_features, row_bytes]
+
     def __init__(self, weight: RawTensor, bias: torch.Tensor | None = None) -> None:
         super().__init__()
         if len(weight.shape) != 2:
@@ -37,6 +39,8 @@ class QuantLinear(nn.Module):
 
 class QuantEmbedding(nn.Module):
     """Token embedding table kept in storage format; only looked-up rows are dequantized."""
+
+    raw: torch.Tensor  # uint8 [num_embeddings, row_bytes]
 
     def __init__(self, weight: RawTensor) -> None:
         super().__init__()

@@ -12,6 +12,8 @@ class RMSNorm(nn.Module):
     Gemma's "(1 + w)" convention is folded into `weight` when the model is loaded.
     """
 
+    weight: torch.Tensor  # [dim] float32
+
     def __init__(self, weight: torch.Tensor, eps: float) -> None:
         super().__init__()
         self.register_buffer("weight", weight.float(), persistent=False)
