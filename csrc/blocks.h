@@ -38,9 +38,31 @@ inline uint32_t u32_at(const uint8_t* p) {
 
 struct BlockPair {
   __m512i codes;
-  float d0, d1;  // per-block scale
-  float m0, m1;  // per-block offset (the "_1" types), else 0
+  // fp32 per-block fields: [d0, d1, 0, 0], or [d0, m0, d1, m1] for the "_1" types.
+  __m128 fields;
 };
+
+inline uint16_t u16_at(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+
+// [f16(a), f16(b), 0, 0] (b unread when kSingle).
+template <bool kSingle>
+inline __m128 two_f16(const uint8_t* a, const uint8_t* b) {
+  __m128i h = _mm_cvtsi32_si128(u16_at(a));
+  if constexpr (!kSingle) h = _mm_insert_epi16(h, u16_at(b), 1);
+  return _mm_cvtph_ps(h);
+}
+
+// [f16(a), f16(a + 2), f16(b), f16(b + 2)] (b unread when kSingle).
+template <bool kSingle>
+inline __m128 two_f16_pairs(const uint8_t* a, const uint8_t* b) {
+  __m128i h = _mm_cvtsi32_si128(static_cast<int>(u32_at(a)));
+  if constexpr (!kSingle) h = _mm_insert_epi32(h, static_cast<int>(u32_at(b)), 1);
+  return _mm_cvtph_ps(h);
+}
 
 // Low nibbles of a block's 16 code bytes are weights 0..15, high nibbles 16..31: broadcast the
 // bytes to two 128-bit lanes and shift the second one right by 4.
@@ -72,12 +94,7 @@ struct Q4_0 {  // d | qs[16];  w = d * (q - 8)
   static constexpr bool kHasMin = false;
   template <bool kSingle>
   static inline BlockPair decode(const uint8_t* p) {
-    BlockPair b;
-    b.codes = nibble_pair<kSingle>(p + 2, p + kBytes + 2);
-    b.d0 = f16_at(p);
-    b.d1 = kSingle ? 0.0f : f16_at(p + kBytes);
-    b.m0 = b.m1 = 0.0f;
-    return b;
+    return {nibble_pair<kSingle>(p + 2, p + kBytes + 2), two_f16<kSingle>(p, p + kBytes)};
   }
 };
 
@@ -87,13 +104,7 @@ struct Q4_1 {  // d | m | qs[16];  w = d * q + m
   static constexpr bool kHasMin = true;
   template <bool kSingle>
   static inline BlockPair decode(const uint8_t* p) {
-    BlockPair b;
-    b.codes = nibble_pair<kSingle>(p + 4, p + kBytes + 4);
-    b.d0 = f16_at(p);
-    b.m0 = f16_at(p + 2);
-    b.d1 = kSingle ? 0.0f : f16_at(p + kBytes);
-    b.m1 = kSingle ? 0.0f : f16_at(p + kBytes + 2);
-    return b;
+    return {nibble_pair<kSingle>(p + 4, p + kBytes + 4), two_f16_pairs<kSingle>(p, p + kBytes)};
   }
 };
 
@@ -103,13 +114,9 @@ struct Q5_0 {  // d | qh[4] | qs[16];  w = d * (q - 16)
   static constexpr bool kHasMin = false;
   template <bool kSingle>
   static inline BlockPair decode(const uint8_t* p) {
-    BlockPair b;
-    b.codes = add_fifth_bits<kSingle>(nibble_pair<kSingle>(p + 6, p + kBytes + 6), p + 2,
-                                      p + kBytes + 2);
-    b.d0 = f16_at(p);
-    b.d1 = kSingle ? 0.0f : f16_at(p + kBytes);
-    b.m0 = b.m1 = 0.0f;
-    return b;
+    return {add_fifth_bits<kSingle>(nibble_pair<kSingle>(p + 6, p + kBytes + 6), p + 2,
+                                    p + kBytes + 2),
+            two_f16<kSingle>(p, p + kBytes)};
   }
 };
 
@@ -119,14 +126,9 @@ struct Q5_1 {  // d | m | qh[4] | qs[16];  w = d * q + m
   static constexpr bool kHasMin = true;
   template <bool kSingle>
   static inline BlockPair decode(const uint8_t* p) {
-    BlockPair b;
-    b.codes = add_fifth_bits<kSingle>(nibble_pair<kSingle>(p + 8, p + kBytes + 8), p + 4,
-                                      p + kBytes + 4);
-    b.d0 = f16_at(p);
-    b.m0 = f16_at(p + 2);
-    b.d1 = kSingle ? 0.0f : f16_at(p + kBytes);
-    b.m1 = kSingle ? 0.0f : f16_at(p + kBytes + 2);
-    return b;
+    return {add_fifth_bits<kSingle>(nibble_pair<kSingle>(p + 8, p + kBytes + 8), p + 4,
+                                    p + kBytes + 4),
+            two_f16_pairs<kSingle>(p, p + kBytes)};
   }
 };
 
@@ -136,17 +138,13 @@ struct Q8_0 {  // d | qs[32] (int8);  w = d * q, codes stored as q + 128
   static constexpr bool kHasMin = false;
   template <bool kSingle>
   static inline BlockPair decode(const uint8_t* p) {
-    BlockPair b;
     const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2));
     const __m256i hi = kSingle ? _mm256_setzero_si256()
                                : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + kBytes + 2));
     // Flipping the sign bit maps int8 q to the unsigned byte q + 128.
-    b.codes = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1),
-                               _mm512_set1_epi8(static_cast<char>(0x80)));
-    b.d0 = f16_at(p);
-    b.d1 = kSingle ? 0.0f : f16_at(p + kBytes);
-    b.m0 = b.m1 = 0.0f;
-    return b;
+    const __m512i codes = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1),
+                                           _mm512_set1_epi8(static_cast<char>(0x80)));
+    return {codes, two_f16<kSingle>(p, p + kBytes)};
   }
 };
 

@@ -34,7 +34,11 @@ void dequant_legacy(const uint8_t* blocks, int64_t n_blocks, float* out) {
   auto emit = [&](const BlockPair& b, float* dst, int n) {
     for (int i = 0; i < 2 * n; ++i) {
       const __m128i codes = lane_of(b.codes, i);
-      const float d = i < 2 ? b.d0 : b.d1, m = i < 2 ? b.m0 : b.m1;
+      alignas(16) float f[4];
+      _mm_store_ps(f, b.fields);
+      const int block = i / 2;
+      const float d = T::kHasMin ? f[2 * block] : f[block];
+      const float m = T::kHasMin ? f[2 * block + 1] : 0.0f;
       emit16<T::kHasMin>(codes, T::kOffset, d, m, dst + 16 * i);
     }
   };
