@@ -15,6 +15,8 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
+from math import nan
 
 import numpy as np
 import torch
@@ -82,32 +84,29 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for spec in args.shapes.split(","):
-        shape, name = spec.split(":")
-        cols, rows = (int(v) for v in shape.split("x"))
-        method = fast_method(name)
-        assert method is not None
-        reference: QuantMethod = method.reference  # type: ignore[attr-defined]
-        raw = random_raw(method, rows, cols)
-        weight_bf16 = reference.dequantize(raw, cols).to(torch.bfloat16)
-        for m in (int(v) for v in args.m.split(",")):
-            x = torch.randn(m, cols)
-            x_bf16 = x.to(torch.bfloat16)
-            fast = time_call(lambda: method.matmul(x, raw, cols), args.budget)
-            integer = time_call(lambda: qmatmul(x, raw, cols, name, PATH_INTEGER), args.budget)
-            bf16 = time_call(lambda: qmatmul(x, raw, cols, name, PATH_BF16), args.budget)
-            ref = (
-                float("nan")
-                if args.no_reference
-                else time_call(lambda: reference.matmul(x, raw, cols), args.budget)
-            )
-            torch_bf16 = time_call(lambda: x_bf16 @ weight_bf16.T, args.budget)
-            gbps = raw.numel() / fast / 1e9
-            print(
-                f"{shape:>11} {name:>5} {m:>4} | {fast * 1e6:9.1f} {gbps:6.1f} | "
-                f"{integer * 1e6:9.1f} {bf16 * 1e6:9.1f} | {ref * 1e6:10.1f} | "
-                f"{torch_bf16 * 1e6:13.1f} | {ref / fast:6.1f}x {torch_bf16 / fast:6.2f}x"
-            )
-        del weight_bf16
+        bench_shape(spec, [int(v) for v in args.m.split(",")], args.budget, args.no_reference)
+
+
+def bench_shape(spec: str, batch_sizes: list[int], budget: float, no_reference: bool) -> None:
+    shape, name = spec.split(":")
+    cols, rows = (int(v) for v in shape.split("x"))
+    method = fast_method(name)
+    assert method is not None
+    reference: QuantMethod = method.reference  # type: ignore[attr-defined]
+    raw = random_raw(method, rows, cols)
+    weight_t = reference.dequantize(raw, cols).to(torch.bfloat16).T
+    for m in batch_sizes:
+        x = torch.randn(m, cols)
+        fast = time_call(partial(method.matmul, x, raw, cols), budget)
+        integer = time_call(partial(qmatmul, x, raw, cols, name, PATH_INTEGER), budget)
+        bf16 = time_call(partial(qmatmul, x, raw, cols, name, PATH_BF16), budget)
+        ref = nan if no_reference else time_call(partial(reference.matmul, x, raw, cols), budget)
+        torch_bf16 = time_call(partial(torch.matmul, x.to(torch.bfloat16), weight_t), budget)
+        print(
+            f"{shape:>11} {name:>5} {m:>4} | {fast * 1e6:9.1f} {raw.numel() / fast / 1e9:6.1f} | "
+            f"{integer * 1e6:9.1f} {bf16 * 1e6:9.1f} | {ref * 1e6:10.1f} | "
+            f"{torch_bf16 * 1e6:13.1f} | {ref / fast:6.1f}x {torch_bf16 / fast:6.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -73,8 +73,8 @@ void integer_path(const ember::TypeInfo& info, int64_t qtype, const float* x, in
   }
 }
 
-void bf16_path(int64_t qtype, const float* x, int64_t M, int64_t K,
-               const uint8_t* w, int64_t N, int64_t row_bytes, float* out) {
+void bf16_block(int64_t qtype, const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t N,
+                int64_t row_bytes, float* out, int64_t ldo) {
   const int64_t m_pad = (M + 3) / 4 * 4;
   uint16_t* a = reinterpret_cast<uint16_t*>(scratch(0, m_pad * K * sizeof(uint16_t)));
   at::parallel_for(0, M, std::max<int64_t>(1, 65536 / K), [&](int64_t r0, int64_t r1) {
@@ -82,19 +82,19 @@ void bf16_path(int64_t qtype, const float* x, int64_t M, int64_t K,
   });
   std::memset(a + M * K, 0, (m_pad - M) * K * sizeof(uint16_t));
 
-  const int64_t tile_rows =
-      std::clamp<int64_t>(kTileBytes / (K * 2) / 4 * 4, 4, 64);
+  const int64_t tile_rows = std::clamp<int64_t>(kTileBytes / (K * 2) / 4 * 4, 4, 64);
   const int64_t n_tiles = (N + tile_rows - 1) / tile_rows;
   // Split M too when there are too few tiles to keep every thread busy.
   const int64_t threads = at::get_num_threads();
   const int64_t m_quads = m_pad / 4;
-  const int64_t m_chunks =
-      std::clamp<int64_t>((4 * threads + n_tiles - 1) / n_tiles, 1, std::max<int64_t>(1, m_quads / 4));
+  const int64_t m_chunks = std::clamp<int64_t>((4 * threads + n_tiles - 1) / n_tiles, 1,
+                                               std::max<int64_t>(1, m_quads / 4));
   const int64_t quads_per_chunk = (m_quads + m_chunks - 1) / m_chunks;
 
   at::parallel_for(0, n_tiles * m_chunks, 1, [&](int64_t t0, int64_t t1) {
     // Slot 1: the calling thread works too, and its slot 0 holds `a`.
-    uint16_t* tile = reinterpret_cast<uint16_t*>(scratch(1, (tile_rows + 4) * K * sizeof(uint16_t)));
+    uint16_t* tile =
+        reinterpret_cast<uint16_t*>(scratch(1, (tile_rows + 4) * K * sizeof(uint16_t)));
     int64_t loaded = -1;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t tile_idx = t / m_chunks, chunk = t % m_chunks;
@@ -106,12 +106,26 @@ void bf16_path(int64_t qtype, const float* x, int64_t M, int64_t K,
         std::memset(tile + (n1 - n0) * K, 0, pad_rows * K * sizeof(uint16_t));
         loaded = tile_idx;
       }
-      const int64_t mq0 = chunk * quads_per_chunk;
-      const int64_t m0 = std::min(M, mq0 * 4), m1 = std::min(M, (mq0 + quads_per_chunk) * 4);
+      const int64_t m0 = std::min(M, chunk * quads_per_chunk * 4);
+      const int64_t m1 = std::min(M, (chunk + 1) * quads_per_chunk * 4);
       if (m1 > m0)
-        ember::gemm_bf16(a + m0 * K, K, m1 - m0, tile, K, n1 - n0, K, out + m0 * N + n0, N);
+        ember::gemm_bf16(a + m0 * K, K, m1 - m0, tile, K, n1 - n0, K, out + m0 * ldo + n0, ldo);
     }
   });
+}
+
+// Rows per pass at most: bounds the bf16 copy of the activations (8 MB at K = 8192); each pass
+// dequantizes the weights again, which costs little next to 512 rows of multiply-adds.
+constexpr int64_t kBf16RowsPerPass = 512;
+
+void bf16_path(int64_t qtype, const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t N,
+               int64_t row_bytes, float* out) {
+  const int64_t passes = (M + kBf16RowsPerPass - 1) / kBf16RowsPerPass;
+  const int64_t per_pass = ((M + passes - 1) / passes + 3) / 4 * 4;
+  for (int64_t m0 = 0; m0 < M; m0 += per_pass) {
+    const int64_t rows = std::min(per_pass, M - m0);
+    bf16_block(qtype, x + m0 * K, rows, K, w, N, row_bytes, out + m0 * N, N);
+  }
 }
 
 at::Tensor qmatmul(const at::Tensor& x, const at::Tensor& raw, int64_t cols, int64_t qtype,

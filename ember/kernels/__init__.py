@@ -34,7 +34,9 @@ def try_load(loader: Callable[[], object] = load_library) -> bool:
     try:
         loader()
     except KernelBuildError as error:
-        log.warning("Ember's fast CPU kernels are unavailable (%s); using the slower reference path", error)
+        log.warning(
+            "Ember's fast CPU kernels are unavailable (%s); using the slower reference path", error
+        )
         return False
     except Exception as error:  # a broken .so, a torch ABI mismatch: still never crash
         log.warning(
@@ -55,7 +57,11 @@ def fast_methods_available() -> bool:
 def _twins() -> dict[str, QuantMethod]:
     from ember.quant import k_quants, legacy
 
-    return {m.name: fast_twin(m) for m in [*legacy.METHODS, *k_quants.METHODS] if m.name in GGML_TYPE_IDS}
+    return {
+        m.name: fast_twin(m)
+        for m in [*legacy.METHODS, *k_quants.METHODS]
+        if m.name in GGML_TYPE_IDS
+    }
 
 
 def fast_method(name: str) -> QuantMethod | None:

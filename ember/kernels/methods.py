@@ -26,7 +26,9 @@ GGML_TYPE_IDS: dict[str, int] = {
 PATH_AUTO, PATH_INTEGER, PATH_BF16 = 0, 1, 2
 
 
-def qmatmul(x2d: torch.Tensor, raw: torch.Tensor, cols: int, name: str, path: int = PATH_AUTO) -> torch.Tensor:
+def qmatmul(
+    x2d: torch.Tensor, raw: torch.Tensor, cols: int, name: str, path: int = PATH_AUTO
+) -> torch.Tensor:
     """x2d [M, cols] @ W.T -> float32 [M, rows], W given as raw GGML blocks of type `name`."""
     result: torch.Tensor = torch.ops.ember.qmatmul(x2d, raw, cols, GGML_TYPE_IDS[name], path)
     return result

@@ -18,9 +18,20 @@ EMBER = [sys.executable, "-m", "ember.cli"]
 
 def test_run_answers_a_prompt_with_the_chat_template() -> None:
     done = subprocess.run(
-        [*EMBER, "run", "smollm2-135m-instruct", "Name three fruits.", "--temperature", "0",
-         "-n", "40", "--verbose"],
-        capture_output=True, text=True, timeout=300,
+        [
+            *EMBER,
+            "run",
+            "smollm2-135m-instruct",
+            "Name three fruits.",
+            "--temperature",
+            "0",
+            "-n",
+            "40",
+            "--verbose",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     # llama.cpp's greedy reply to this chat starts "1. Bananas" (llamacpp-chat.json).
@@ -31,7 +42,10 @@ def test_run_answers_a_prompt_with_the_chat_template() -> None:
 def test_run_reads_the_prompt_from_a_pipe() -> None:
     done = subprocess.run(
         [*EMBER, "run", "smollm2-135m-instruct", "--temperature", "0", "-n", "8"],
-        input="What is the capital of France?", capture_output=True, text=True, timeout=300,
+        input="What is the capital of France?",
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()
@@ -60,7 +74,10 @@ def test_interactive_chat_keeps_history_and_quits() -> None:
     leader, follower = pty.openpty()
     process = subprocess.Popen(
         [*EMBER, "run", "smollm2-135m-instruct", "--temperature", "0", "-n", "24"],
-        stdin=follower, stdout=follower, stderr=follower, close_fds=True,
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        close_fds=True,
     )
     os.close(follower)
     try:
@@ -76,3 +93,15 @@ def test_interactive_chat_keeps_history_and_quits() -> None:
         if process.poll() is None:
             process.kill()
         os.close(leader)
+
+
+def test_prompt_longer_than_the_context_is_one_line() -> None:
+    done = subprocess.run(
+        [*EMBER, "generate", "smollm2-135m-instruct", "word " * 40, "--ctx", "16"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ")
+    assert "16" in done.stderr and "prompt" in done.stderr
