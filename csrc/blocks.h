@@ -139,8 +139,9 @@ struct Q8_0 {  // d | qs[32] (int8);  w = d * q, codes stored as q + 128
   template <bool kSingle>
   static inline BlockPair decode(const uint8_t* p) {
     const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2));
-    const __m256i hi = kSingle ? _mm256_setzero_si256()
-                               : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + kBytes + 2));
+    const __m256i hi =
+        kSingle ? _mm256_setzero_si256()
+                : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + kBytes + 2));
     // Flipping the sign bit maps int8 q to the unsigned byte q + 128.
     const __m512i codes = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1),
                                            _mm512_set1_epi8(static_cast<char>(0x80)));
@@ -203,7 +204,8 @@ inline SuperCodes q6k_codes(const uint8_t* ql, const uint8_t* qh) {
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   const __m512i bits45 = _mm512_set1_epi8(0x30);
   // Rotations bringing bits (0,1), (2,3), (4,5), (6,7) to (4,5): 4, 2, 0, 30.
-  const __m512i rot_low = _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(4), _mm512_set1_epi32(2));
+  const __m512i rot_low =
+      _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(4), _mm512_set1_epi32(2));
   const __m512i rot_high =
       _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(0), _mm512_set1_epi32(30));
   SuperCodes s;

@@ -19,9 +19,10 @@ enum GgmlType : int64_t {
 };
 
 struct TypeInfo {
-  int64_t block_size;  // weights per block
-  int64_t type_size;   // bytes per block
-  bool k_quant;        // 256-weight super-blocks, activations quantized per 256
+  int64_t block_size;         // weights per block
+  int64_t type_size;          // bytes per block
+  bool k_quant;               // 256-weight super-blocks, activations quantized per 256
+  int64_t integer_max_rows;   // batches up to this size take the int8 path (measured crossover)
 };
 
 // nullptr when the type has no fast kernel.
@@ -30,12 +31,13 @@ const TypeInfo* find_type(int64_t qtype);
 // ---- integer path (small M): activations quantized to int8, VNNI dot products ----
 constexpr int kGemvMaxRows = 8;  // activation rows handled in one pass over the weights
 
-// Bytes of scratch for one quantized activation row of K values (a multiple of 64).
-int64_t act_row_bytes(const TypeInfo& info, int64_t K);
-void quantize_act_row(const TypeInfo& info, const float* x, int64_t K, uint8_t* dst);
+// Bytes of (64-byte aligned) scratch for n_act quantized activation rows of K values.
+int64_t acts_bytes(const TypeInfo& info, int n_act, int64_t K);
+// Quantizes rows x[0 .. n_act) (row stride K) into the interleaved layout gemv reads.
+void quantize_acts(const TypeInfo& info, const float* x, int n_act, int64_t K, uint8_t* dst);
 
 // out[m * ldo + r] = dot(activation row m, weight row r) for m < n_act, r in [r0, r1).
-// `acts` holds n_act rows of act_row_bytes(K) bytes each.
+// `acts` comes from quantize_acts with the same n_act.
 void gemv(int64_t qtype, int n_act, const uint8_t* weights, int64_t row_bytes, int64_t K,
           const uint8_t* acts, float* out, int64_t ldo, int64_t r0, int64_t r1);
 

@@ -45,7 +45,9 @@ void dequant_legacy(const uint8_t* blocks, int64_t n_blocks, float* out) {
   const int64_t n_pairs = n_blocks / 2;
   for (int64_t p = 0; p < n_pairs; ++p)
     emit(T::template decode<false>(blocks + 2 * p * T::kBytes), out + 64 * p, 2);
-  if (n_blocks & 1) emit(T::template decode<true>(blocks + 2 * n_pairs * T::kBytes), out + 64 * n_pairs, 1);
+  if (n_blocks & 1) {
+    emit(T::template decode<true>(blocks + 2 * n_pairs * T::kBytes), out + 64 * n_pairs, 1);
+  }
 }
 
 template <bool kFiveBit>
@@ -98,42 +100,73 @@ void dequant_span(int64_t qtype, const uint8_t* blocks, int64_t n_weights, float
   }
 }
 
-inline __m512i load_bf16x32(const uint16_t* p) { return _mm512_loadu_si512(p); }
+#define EMBER_INLINE inline __attribute__((always_inline))
 
-// Sums of 16 vectors, returned as one: lane 4m + n = sum of v[4n + m] (the tile transposed
-// back to row-major while reducing).
-inline __m512 reduce16(const __m512* v) {
-  __m512 w[8], x[4], y[2];
-  for (int i = 0; i < 8; ++i) {
-    w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                         _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-  }
-  for (int i = 0; i < 4; ++i) {
-    x[i] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-  }
-  for (int j = 0; j < 2; ++j) {
-    y[j] = _mm512_add_ps(_mm512_shuffle_ps(x[2 * j], x[2 * j + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                         _mm512_shuffle_ps(x[2 * j], x[2 * j + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-  }
-  return _mm512_add_ps(_mm512_shuffle_ps(y[0], y[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                       _mm512_shuffle_ps(y[0], y[1], _MM_SHUFFLE(3, 1, 3, 1)));
+// (a, b) -> lanes 0..7 hold partial sums of a, lanes 8..15 of b.
+EMBER_INLINE __m512 fold_halves(__m512 a, __m512 b) {
+  return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                       _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
 }
 
-// 4 rows of A times 4 rows of B over K: acc[4n + m] += a_m . b_n, 32 values per step.
-inline __m512 kernel4x4(const uint16_t* a, int64_t lda, const uint16_t* b, int64_t ldb, int64_t K) {
-  __m512 acc[16];
-  for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+// (a, b) with halves [a0|a1], [b0|b1] -> 128-bit lanes hold partial sums of a0, a1, b0, b1.
+EMBER_INLINE __m512 fold_quarters(__m512 a, __m512 b) {
+  return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// Within 128-bit lanes: [a0 a1 a2 a3], [b0 b1 b2 b3] -> [a0+a2, a1+a3, b0+b2, b1+b3].
+EMBER_INLINE __m512 fold_pairs(__m512 a, __m512 b) {
+  return _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                       _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+}
+
+// Within 128-bit lanes: [a0 a1 a2 a3], [b0 b1 b2 b3] -> [a0+a1, a2+a3, b0+b1, b2+b3].
+EMBER_INLINE __m512 fold_singles(__m512 a, __m512 b) {
+  return _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// 4 rows of A times 4 rows of B over K (a multiple of 32, > 0), as one vector whose lane 4m + n
+// is dot(a_m, b_n). Accumulator c_nm sums a_m . b_n 32 values at a time; the folds then reduce
+// all 16 accumulators at once, leaving the tile in row-major order.
+EMBER_INLINE __m512 kernel4x4(const uint16_t* a, int64_t lda, const uint16_t* b, int64_t ldb,
+                              int64_t K) {
+  __m512 c00 = _mm512_setzero_ps(), c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00,
+         c12 = c00, c13 = c00, c20 = c00, c21 = c00, c22 = c00, c23 = c00, c30 = c00, c31 = c00,
+         c32 = c00, c33 = c00;
   for (int64_t k = 0; k < K; k += 32) {
-    __m512bh av[4], bv[4];
-    for (int i = 0; i < 4; ++i) {
-      av[i] = (__m512bh)load_bf16x32(a + i * lda + k);
-      bv[i] = (__m512bh)load_bf16x32(b + i * ldb + k);
-    }
-    for (int n = 0; n < 4; ++n)
-      for (int m = 0; m < 4; ++m) acc[4 * n + m] = _mm512_dpbf16_ps(acc[4 * n + m], av[m], bv[n]);
+    const __m512bh a0 = (__m512bh)_mm512_loadu_si512(a + k);
+    const __m512bh a1 = (__m512bh)_mm512_loadu_si512(a + lda + k);
+    const __m512bh a2 = (__m512bh)_mm512_loadu_si512(a + 2 * lda + k);
+    const __m512bh a3 = (__m512bh)_mm512_loadu_si512(a + 3 * lda + k);
+    __m512bh bn = (__m512bh)_mm512_loadu_si512(b + k);
+    c00 = _mm512_dpbf16_ps(c00, a0, bn);
+    c01 = _mm512_dpbf16_ps(c01, a1, bn);
+    c02 = _mm512_dpbf16_ps(c02, a2, bn);
+    c03 = _mm512_dpbf16_ps(c03, a3, bn);
+    bn = (__m512bh)_mm512_loadu_si512(b + ldb + k);
+    c10 = _mm512_dpbf16_ps(c10, a0, bn);
+    c11 = _mm512_dpbf16_ps(c11, a1, bn);
+    c12 = _mm512_dpbf16_ps(c12, a2, bn);
+    c13 = _mm512_dpbf16_ps(c13, a3, bn);
+    bn = (__m512bh)_mm512_loadu_si512(b + 2 * ldb + k);
+    c20 = _mm512_dpbf16_ps(c20, a0, bn);
+    c21 = _mm512_dpbf16_ps(c21, a1, bn);
+    c22 = _mm512_dpbf16_ps(c22, a2, bn);
+    c23 = _mm512_dpbf16_ps(c23, a3, bn);
+    bn = (__m512bh)_mm512_loadu_si512(b + 3 * ldb + k);
+    c30 = _mm512_dpbf16_ps(c30, a0, bn);
+    c31 = _mm512_dpbf16_ps(c31, a1, bn);
+    c32 = _mm512_dpbf16_ps(c32, a2, bn);
+    c33 = _mm512_dpbf16_ps(c33, a3, bn);
   }
-  return reduce16(acc);
+  // Accumulator index v = 4n + m (c_nm); after the folds lane 4L + e holds v = L + 4e, so
+  // lane 4m + n holds c_nm: row m of the output in 128-bit lane m.
+  const __m512 x0 = fold_quarters(fold_halves(c00, c01), fold_halves(c02, c03));
+  const __m512 x1 = fold_quarters(fold_halves(c10, c11), fold_halves(c12, c13));
+  const __m512 x2 = fold_quarters(fold_halves(c20, c21), fold_halves(c22, c23));
+  const __m512 x3 = fold_quarters(fold_halves(c30, c31), fold_halves(c32, c33));
+  return fold_singles(fold_pairs(x0, x1), fold_pairs(x2, x3));
 }
 
 }  // namespace
@@ -150,7 +183,8 @@ void dequant_row_bf16(int64_t qtype, const uint8_t* row, int64_t K, uint16_t* ou
     const int64_t n = K - k0 < 256 ? K - k0 : 256;  // a multiple of 32 (whole blocks)
     dequant_span(qtype, row + k0 / info->block_size * info->type_size, n, tmp);
     for (int64_t i = 0; i < n; i += 32) {
-      const __m512bh packed = _mm512_cvtne2ps_pbh(_mm512_load_ps(tmp + i + 16), _mm512_load_ps(tmp + i));
+      const __m512bh packed =
+          _mm512_cvtne2ps_pbh(_mm512_load_ps(tmp + i + 16), _mm512_load_ps(tmp + i));
       _mm512_storeu_si512(out + k0 + i, (__m512i)packed);
     }
   }
@@ -159,7 +193,8 @@ void dequant_row_bf16(int64_t qtype, const uint8_t* row, int64_t K, uint16_t* ou
 void f32_to_bf16(const float* x, int64_t n, uint16_t* out) {
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
-    const __m512bh packed = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i));
+    const __m512bh packed =
+        _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i));
     _mm512_storeu_si512(out + i, (__m512i)packed);
   }
   for (; i < n; i += 16) {

@@ -15,9 +15,6 @@
 
 namespace {
 
-// Activation rows up to this count take the int8 VNNI path (weights streamed once per
-// kGemvMaxRows rows); more take the bf16 tile GEMM.
-constexpr int64_t kIntegerPathMaxRows = 8;
 // Below this many weight bytes per task, splitting across threads costs more than it saves.
 constexpr int64_t kMinBytesPerTask = 48 * 1024;
 // bf16 weight tile size per thread (kept well inside L2).
@@ -59,13 +56,11 @@ at::Tensor checked_raw(const at::Tensor& raw, const ember::TypeInfo& info, int64
 
 void integer_path(const ember::TypeInfo& info, int64_t qtype, const float* x, int64_t M,
                   int64_t K, const uint8_t* w, int64_t N, int64_t row_bytes, float* out) {
-  const int64_t act_bytes = ember::act_row_bytes(info, K);
   const int64_t grain = std::max<int64_t>(1, kMinBytesPerTask / row_bytes);
   for (int64_t m0 = 0; m0 < M; m0 += ember::kGemvMaxRows) {
     const int n_act = static_cast<int>(std::min<int64_t>(ember::kGemvMaxRows, M - m0));
-    uint8_t* acts = scratch(0, n_act * act_bytes);
-    for (int i = 0; i < n_act; ++i)
-      ember::quantize_act_row(info, x + (m0 + i) * K, K, acts + i * act_bytes);
+    uint8_t* acts = scratch(0, ember::acts_bytes(info, n_act, K));
+    ember::quantize_acts(info, x + m0 * K, n_act, K, acts);
     float* dst = out + m0 * N;
     at::parallel_for(0, N, grain, [&](int64_t r0, int64_t r1) {
       ember::gemv(qtype, n_act, w, row_bytes, K, acts, dst, N, r0, r1);
@@ -138,7 +133,9 @@ at::Tensor qmatmul(const at::Tensor& x, const at::Tensor& raw, int64_t cols, int
   const int64_t M = xf.size(0), N = w.size(0), row_bytes = w.size(1);
   at::Tensor out = at::empty({M, N}, xf.options());
   if (M == 0 || N == 0) return out;
-  const bool integer = path == 1 || (path == 0 && M <= kIntegerPathMaxRows);
+  // Small batches take the int8 VNNI path (weights streamed once per kGemvMaxRows rows),
+  // larger ones the bf16 tile GEMM.
+  const bool integer = path == 1 || (path == 0 && M <= info.integer_max_rows);
   if (integer) {
     integer_path(info, qtype, xf.const_data_ptr<float>(), M, cols, w.const_data_ptr<uint8_t>(), N,
                  row_bytes, out.mutable_data_ptr<float>());

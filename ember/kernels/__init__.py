@@ -1,9 +1,10 @@
 """Fast CPU kernels for GGUF block types: a small C++ extension (csrc/) behind one switch.
 
-- fast_methods_available(): builds (first run only) and loads the native library; False, after
-  ONE warning line, when that is impossible here (or EMBER_NO_KERNELS=1 asks for the reference).
+- fast_methods_available(): False when EMBER_NO_KERNELS=1 asks for the reference path (read at
+  every call, so tests can flip it); otherwise builds (first run only) and loads the native
+  library once, and is False, after ONE warning line, when that is impossible here.
 - fast_method(name): the fast QuantMethod for a GGML type, or None.
-- with_fast_methods(methods): the hook ember.quant.base applies to its table of methods.
+- accelerated(method): the hook ember.quant.base.get_quant_method applies to what it returns.
 
 Fast methods override `matmul` / `embedding` and keep the reference `dequantize`; their
 matmul quantizes activations to int8 for small batches, so it matches the reference to about
@@ -23,14 +24,11 @@ from ember.quant.base import QuantMethod
 
 log = logging.getLogger("ember.kernels")
 
-__all__ = ["fast_method", "fast_methods_available", "with_fast_methods"]
+__all__ = ["accelerated", "fast_method", "fast_methods_available"]
 
 
 def try_load(loader: Callable[[], object] = load_library) -> bool:
     """Load the library with `loader`; on failure log one warning line and return False."""
-    if envs.no_kernels():
-        log.info("EMBER_NO_KERNELS is set: using the reference quant kernels")
-        return False
     try:
         loader()
     except KernelBuildError as error:
@@ -49,19 +47,20 @@ def try_load(loader: Callable[[], object] = load_library) -> bool:
 
 
 @functools.cache
-def fast_methods_available() -> bool:
+def _library_loaded() -> bool:
     return try_load()
+
+
+def fast_methods_available() -> bool:
+    return not envs.no_kernels() and _library_loaded()
 
 
 @functools.cache
 def _twins() -> dict[str, QuantMethod]:
     from ember.quant import k_quants, legacy
 
-    return {
-        m.name: fast_twin(m)
-        for m in [*legacy.METHODS, *k_quants.METHODS]
-        if m.name in GGML_TYPE_IDS
-    }
+    methods = [*legacy.METHODS, *k_quants.METHODS]
+    return {m.name: fast_twin(m) for m in methods if m.name in GGML_TYPE_IDS}
 
 
 def fast_method(name: str) -> QuantMethod | None:
@@ -71,6 +70,6 @@ def fast_method(name: str) -> QuantMethod | None:
     return _twins()[name]
 
 
-def with_fast_methods(methods: list[QuantMethod]) -> list[QuantMethod]:
-    """`methods` with each one that has a native kernel replaced by its fast twin."""
-    return [fast_method(m.name) or m for m in methods]
+def accelerated(method: QuantMethod) -> QuantMethod:
+    """`method`'s fast twin when there is one and the kernels are available, else `method`."""
+    return fast_method(method.name) or method

@@ -24,7 +24,10 @@ LIBRARY_NAME = "ember_kernels"
 SOURCE_DIR = Path(__file__).resolve().parents[2] / "csrc"
 SOURCES = ("ops.cpp", "gemv.cpp", "gemm_bf16.cpp")
 HEADERS = ("ember_kernels.h", "blocks.h")
-CFLAGS = ("-O3", "-march=native", "-ffp-contract=off")
+# -fopenmp: at::parallel_for's OpenMP loop is inline in torch's headers (without it every call
+# runs on one thread). The libgomp it links resolves to the copy torch already loaded.
+CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp")
+LDFLAGS = ("-fopenmp",)
 REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "f16c")
 
 
@@ -84,6 +87,7 @@ def _compile(directory: Path) -> Path:
             name=LIBRARY_NAME,
             sources=[str(SOURCE_DIR / name) for name in SOURCES],
             extra_cflags=list(CFLAGS),
+            extra_ldflags=list(LDFLAGS),
             build_directory=str(directory),
             is_python_module=False,
             verbose=False,

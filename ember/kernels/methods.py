@@ -6,6 +6,8 @@ bit-exact pure-torch reference the kernels are tested against; `reference` names
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ember.quant.base import QuantMethod
@@ -35,10 +37,17 @@ def qmatmul(
 
 
 class _NativeKernels(QuantMethod):
-    """Overrides matmul and embedding; placed before the reference class in the MRO."""
+    """Overrides matmul and embedding; placed before the reference class in the MRO.
+
+    The op checks shapes itself; Python re-checks only when it fails, so a malformed weight
+    still raises the reference's ModelFileError while a good call pays no Python checks.
+    """
 
     ggml_type: int
     reference: QuantMethod
+    # torch.ops.ember.* overloads, resolved when the twin is made (the library is loaded then).
+    matmul_op: Callable[..., torch.Tensor]
+    embedding_op: Callable[..., torch.Tensor]
 
     def matmul(
         self,
@@ -47,28 +56,38 @@ class _NativeKernels(QuantMethod):
         cols: int,
         out_dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
-        rows = self.check_raw(raw, cols)
         if x.shape[-1] != cols:
             raise ValueError(f"matmul input has {x.shape[-1]} features, weight has {cols}")
-        out = torch.ops.ember.qmatmul(x.reshape(-1, cols), raw, cols, self.ggml_type, PATH_AUTO)
-        if out_dtype != torch.float32:
-            out = out.to(out_dtype)
-        return out.reshape(*x.shape[:-1], rows)
+        try:
+            if x.dim() == 2:
+                out = self.matmul_op(x, raw, cols, self.ggml_type, PATH_AUTO)
+            else:
+                out = self.matmul_op(x.reshape(-1, cols), raw, cols, self.ggml_type, PATH_AUTO)
+                out = out.reshape(*x.shape[:-1], out.shape[-1])
+        except RuntimeError:
+            self.check_raw(raw, cols)
+            raise
+        return out if out_dtype == torch.float32 else out.to(out_dtype)
 
     def embedding(self, raw: torch.Tensor, cols: int, ids: torch.Tensor) -> torch.Tensor:
         self.check_raw(raw, cols)
         flat = ids.reshape(-1).to(torch.int64)
-        out = torch.ops.ember.qembedding(raw, cols, flat, self.ggml_type)
+        out = self.embedding_op(raw, cols, flat, self.ggml_type)
         return out.reshape(*ids.shape, cols)
 
 
 def fast_twin(method: QuantMethod) -> QuantMethod:
-    """The native-kernel version of `method` (a type listed in GGML_TYPE_IDS)."""
+    """The native-kernel version of `method` (a type in GGML_TYPE_IDS; library loaded)."""
     reference_cls = type(method)
     twin_cls = type(
         f"Fast{reference_cls.__name__}",
         (_NativeKernels, reference_cls),
-        {"ggml_type": GGML_TYPE_IDS[method.name], "reference": method},
+        {
+            "ggml_type": GGML_TYPE_IDS[method.name],
+            "reference": method,
+            "matmul_op": torch.ops.ember.qmatmul.default,
+            "embedding_op": torch.ops.ember.qembedding.default,
+        },
     )
     twin: QuantMethod = twin_cls()
     return twin

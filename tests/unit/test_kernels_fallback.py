@@ -43,20 +43,22 @@ def test_env_var_forces_the_reference_path_quietly(
 ) -> None:
     monkeypatch.setenv("EMBER_NO_KERNELS", "1")
 
-    def must_not_build() -> None:
+    def must_not_load() -> bool:
         raise AssertionError("the library was loaded despite EMBER_NO_KERNELS")
 
+    monkeypatch.setattr(kernels, "_library_loaded", must_not_load)
     with caplog.at_level(logging.INFO, logger="ember.kernels"):
-        assert kernels.try_load(must_not_build) is False
+        assert kernels.fast_methods_available() is False
+        assert kernels.fast_method("Q4_K") is None
     assert warnings_of(caplog) == []
 
 
 def test_methods_stay_reference_when_kernels_are_unavailable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(kernels, "fast_methods_available", lambda: False)
-    methods = [*float_types.METHODS, *legacy.METHODS]
-    assert kernels.with_fast_methods(methods) == methods
+    monkeypatch.setattr(kernels, "_library_loaded", lambda: False)
+    for method in [*float_types.METHODS, *legacy.METHODS]:
+        assert kernels.accelerated(method) is method
     assert kernels.fast_method("Q4_0") is None
 
 
