@@ -21,7 +21,7 @@ from ember import envs
 log = logging.getLogger("ember.kernels")
 
 LIBRARY_NAME = "ember_kernels"
-SOURCE_DIR = Path(__file__).resolve().parents[2] / "csrc"
+SOURCE_DIR = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("ops.cpp", "gemv.cpp", "gemm_bf16.cpp")
 HEADERS = ("ember_kernels.h", "blocks.h")
 # -fopenmp: at::parallel_for's OpenMP loop is inline in torch's headers (without it every call

@@ -121,4 +121,8 @@ def get_quant_method(name: str) -> QuantMethod:
         raise ModelFileError(
             f"unsupported tensor type {name} (supported: {', '.join(SUPPORTED_TYPES)})"
         )
-    return method
+    # The native kernels' twin when they are available (imported here: ember.kernels imports
+    # this module); EMBER_NO_KERNELS=1 keeps the pure-torch reference.
+    from ember.kernels import accelerated
+
+    return accelerated(method)

@@ -114,6 +114,7 @@ def test_dequantize_does_not_alias_raw() -> None:
 def test_chunked_matmul_equals_dequantized_matmul(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("EMBER_NO_KERNELS", "1")  # the reference path; kernels: test_kernels.py
     method = get_quant_method(name)
     cols, rows = columns(method, 2), 11
     raw = sample_raw(name, rows, cols, seed=1)

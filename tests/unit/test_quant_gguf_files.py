@@ -85,7 +85,10 @@ def test_every_tensor_type_in_the_files_is_supported(
 
 
 @pytest.mark.parametrize("name", ["Q5_0", "Q4_K", "Q6_K"])
-def test_gemma3_matmul_matches_gguf_weights(gemma3: gguf.GGUFReader, name: str) -> None:
+def test_gemma3_matmul_matches_gguf_weights(
+    gemma3: gguf.GGUFReader, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMBER_NO_KERNELS", "1")  # the reference path; kernels: test_kernels.py
     tensor = tensors_of_type(gemma3, name)[0]
     raw, cols = raw_rows(tensor)
     weight = torch.from_numpy(gguf_dequantize(raw, name).reshape(raw.shape[0], cols))
