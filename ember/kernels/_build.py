@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -76,10 +78,25 @@ def load_library() -> Path:
     return _compile(directory)
 
 
+def _put_ninja_on_path() -> None:
+    # cpp_extension runs `ninja` from PATH; the pip-installed one sits beside this Python,
+    # which is not on PATH when ember runs from a venv that was never activated.
+    try:
+        import ninja
+
+        ninja_dir = str(ninja.BIN_DIR)
+    except (ImportError, AttributeError):
+        ninja_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if ninja_dir not in path.split(os.pathsep):
+        os.environ["PATH"] = ninja_dir + os.pathsep + path if path else ninja_dir
+
+
 def _compile(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     log.info("compiling Ember's CPU kernels into %s (first run only)", directory)
     started = time.monotonic()
+    _put_ninja_on_path()
     try:
         from torch.utils import cpp_extension
 
