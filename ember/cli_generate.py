@@ -76,6 +76,25 @@ def add_commands(commands: Any) -> None:
     _add_model_options(ppl)
     ppl.set_defaults(handler=_cmd_perplexity)
 
+    bench = commands.add_parser(
+        "bench",
+        help="prefill and decode speed (llama-bench style), beside llama.cpp's",
+        description="Prints ppN (prompt tokens/s) and tgN (generated tokens/s) for MODEL, with "
+        "llama-bench's figures on the same file when llama.cpp is built.",
+    )
+    bench.add_argument("model", nargs="?", default=DEFAULT_MODEL)
+    bench.add_argument("-p", "--prompt", default="512", help="prompt sizes, e.g. 512,4096")
+    bench.add_argument("-n", "--gen", type=int, default=128, help="tokens to generate (0: none)")
+    bench.add_argument("-t", "--threads", type=int, default=None)
+    bench.add_argument(
+        "--llama-bin",
+        type=Path,
+        default=None,
+        help="llama.cpp bin folder (default: EMBER_LLAMA_BIN or the peer cache)",
+    )
+    bench.add_argument("--no-peer", action="store_true", help="skip llama.cpp")
+    bench.set_defaults(handler=_cmd_bench)
+
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -286,5 +305,33 @@ def _cmd_perplexity(args: argparse.Namespace) -> int:
     print(
         f"PPL = {result.perplexity:.4f} ({result.chunks} chunks of {args.ctx_size} tokens, "
         f"{result.tokens_scored} tokens scored)"
+    )
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from ember.bench.speed import default_llama_bin, speed_table
+    from ember.llm import set_threads
+    from ember.models.loader import load_model_path
+    from ember.registry.resolve import resolve_model
+
+    try:
+        sizes = [int(size) for size in args.prompt.split(",") if size.strip()]
+    except ValueError:
+        raise RequestError(f"--prompt takes sizes like 512,4096, got {args.prompt!r}") from None
+    if any(size < 1 for size in sizes) or args.gen < 0:
+        raise RequestError("prompt sizes must be positive and --gen at least 0")
+    threads = set_threads(args.threads)
+    source = resolve_model(args.model)
+    loaded = load_model_path(source.path, with_tokenizer=False)
+    longest = max([*sizes, args.gen + 1])
+    if longest > loaded.config.context_length:
+        raise RequestError(
+            f"{longest} tokens exceed the model's context of {loaded.config.context_length}"
+        )
+    peer_dir = None if args.no_peer else (args.llama_bin or default_llama_bin())
+    print(f"{source.name}, {threads} threads")
+    speed_table(
+        loaded, source.path, threads, sizes, args.gen, peer_dir, lambda row: print(row, flush=True)
     )
     return 0

@@ -42,3 +42,11 @@ def debug() -> bool:
 def no_kernels() -> bool:
     """EMBER_NO_KERNELS=1: skip the native CPU kernels and run the pure-torch reference path."""
     return os.environ.get("EMBER_NO_KERNELS", "") not in ("", "0")
+
+
+def llama_bin() -> Path:
+    """LLAMA_CPP_BIN (or EMBER_LLAMA_BIN): llama.cpp's bin folder for side-by-side benchmarks."""
+    value = os.environ.get("EMBER_LLAMA_BIN") or os.environ.get("LLAMA_CPP_BIN")
+    if value:
+        return Path(value).expanduser()
+    return Path.home() / ".cache/llama-cpp-peer/0.3.36/src/vendor/llama.cpp/build/bin"

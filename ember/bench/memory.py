@@ -46,7 +46,10 @@ class ModelMemory:
 def _rss(argument: str) -> int:
     done = subprocess.run(
         [sys.executable, "-c", _PROBE, argument],
-        capture_output=True, text=True, check=True, timeout=600,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
     )
     return int(json.loads(done.stdout.strip().splitlines()[-1])["rss"])
 

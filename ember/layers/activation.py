@@ -1,15 +1,16 @@
-"""Gated MLP activations: act(gate) * up."""
+"""Gated MLP activations over [gate | up] halves: act(gate) * up."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from ember.layers import ops as fused
 
 
-def silu_and_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    return F.silu(gate) * up
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    return fused.silu_mul(gate_up)
 
 
-def gelu_tanh_and_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+def gelu_tanh_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     # GeGLU with the tanh approximation, as Gemma is trained (gelu_pytorch_tanh).
-    return F.gelu(gate, approximate="tanh") * up
+    return fused.gelu_tanh_mul(gate_up)

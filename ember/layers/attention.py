@@ -60,30 +60,69 @@ def causal_attention(
     """Attention of T new queries at positions [start, start+T) over keys at [0, start+T).
 
     q: [T, heads, head_dim]; keys/values: [S = start+T, kv_heads, head_dim] -> [T, heads, head_dim]
+    Long prompts are cut into query chunks, so a sliding layer only sees the keys its window
+    reaches and no [T, S] mask larger than a chunk's is ever built.
     """
+    num_tokens = q.shape[0]
+    if num_tokens <= QUERY_CHUNK:
+        return _attend(q, keys, values, start, scale, sliding_window)
+    outputs = []
+    for offset in range(0, num_tokens, QUERY_CHUNK):
+        chunk = q[offset : offset + QUERY_CHUNK]
+        end = start + offset + chunk.shape[0]
+        outputs.append(
+            _attend(chunk, keys[:end], values[:end], start + offset, scale, sliding_window)
+        )
+    return torch.cat(outputs)
+
+
+QUERY_CHUNK = 512
+
+
+def _attend(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    start: int,
+    scale: float,
+    sliding_window: int | None,
+) -> torch.Tensor:
     num_tokens, total = q.shape[0], keys.shape[0]
     first_key = 0
     if sliding_window is not None:
         # Keys older than the window of the first query are invisible to every query.
         first_key = max(0, start - sliding_window + 1)
     keys, values = keys[first_key:total], values[first_key:total]
-    q_pos = torch.arange(start, start + num_tokens)[:, None]
-    k_pos = torch.arange(first_key, total)[None, :]
-    visible = k_pos <= q_pos
-    if sliding_window is not None:
-        visible &= (q_pos - k_pos) < sliding_window
+    mask: torch.Tensor | None = None
+    causal = False
+    window_binds = (
+        sliding_window is not None
+        and num_tokens > 1
+        and (start + num_tokens - 1 - first_key >= sliding_window)
+    )
+    if num_tokens == 1 and not window_binds:
+        pass  # one query sees every key left after the window cut
+    elif start == 0 and first_key == 0 and not window_binds:
+        causal = True  # lets SDPA use its fused causal kernel
+    else:
+        q_pos = torch.arange(start, start + num_tokens)[:, None]
+        k_pos = torch.arange(first_key, total)[None, :]
+        mask = k_pos <= q_pos
+        if sliding_window is not None:
+            mask &= (q_pos - k_pos) < sliding_window
     out = F.scaled_dot_product_attention(
         q.transpose(0, 1).unsqueeze(0),  # [1, heads, T, head_dim]
         keys.transpose(0, 1).unsqueeze(0).to(q.dtype),
         values.transpose(0, 1).unsqueeze(0).to(q.dtype),
-        attn_mask=visible,
+        attn_mask=mask,
+        is_causal=causal,
         scale=scale,
         enable_gqa=True,
     )
     return out.squeeze(0).transpose(0, 1)
 
 
-class SelfAttention(torch.nn.Module):
+class SelfAttention:
     """Q/K/V projections (+ optional biases and per-head QK-norm), RoPE, cache, attention, output.
 
     Optional parts are present exactly when the file has their tensors (Qwen2 biases, Qwen3 and
@@ -98,15 +137,19 @@ class SelfAttention(torch.nn.Module):
         config: ModelConfig,
         norm_offset: float = 0.0,
     ) -> None:
-        super().__init__()
         from ember.layers.linear import QuantLinear
 
         self.layer = layer
         self.num_heads, self.num_kv_heads = config.num_heads, config.num_kv_heads
         self.head_dim = config.head_dim
-        self.q_proj = QuantLinear.from_store(store, f"{prefix}.attn_q")
-        self.k_proj = QuantLinear.from_store(store, f"{prefix}.attn_k")
-        self.v_proj = QuantLinear.from_store(store, f"{prefix}.attn_v")
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        names = [f"{prefix}.attn_q", f"{prefix}.attn_k", f"{prefix}.attn_v"]
+        self.qkv = QuantLinear.stacked(store, names)
+        if self.qkv is None:  # parts stored in different formats (Gemma: V in Q8_0)
+            self.q_proj, self.k_proj, self.v_proj = (
+                QuantLinear.from_store(store, name) for name in names
+            )
         self.o_proj = QuantLinear.from_store(store, f"{prefix}.attn_output")
         self.q_norm = self.k_norm = None
         if f"{prefix}.attn_q_norm.weight" in store:
@@ -118,7 +161,7 @@ class SelfAttention(torch.nn.Module):
         self.window = config.sliding_window if self.sliding else None
         self.scale = config.scale
 
-    def forward(
+    def __call__(
         self,
         x: torch.Tensor,
         cache: SequenceKVCache,
@@ -128,9 +171,13 @@ class SelfAttention(torch.nn.Module):
     ) -> torch.Tensor:
         # x: [T, hidden]
         num_tokens = x.shape[0]
-        q = self.q_proj(x).view(num_tokens, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)
+        if self.qkv is not None:
+            q, k, v = self.qkv(x).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.reshape(num_tokens, self.num_heads, self.head_dim)
+        k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)
+        v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = cos_sin
@@ -145,4 +192,4 @@ class SelfAttention(torch.nn.Module):
             self.scale,
             self.window,
         )
-        return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
+        return self.o_proj(out.reshape(num_tokens, self.q_size))

@@ -1,26 +1,28 @@
-"""Linear layers and embeddings over weights kept in their storage (possibly quantized) format."""
+"""Linear layers and embeddings over weights kept in their storage (possibly quantized) format.
+
+Layers are plain callables, not nn.Modules: a decode step calls a few hundred of them, and
+nn.Module's hook machinery costs a microsecond or two per call for nothing we use.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
-from torch import nn
 
 from ember.loader.weights import RawTensor, WeightStore
 from ember.quant.base import get_quant_method
 
 
-class QuantLinear(nn.Module):
+class QuantLinear:
     """y = x @ W.T (+ b), with W held as raw blocks and multiplied by its quant method."""
 
-    raw: torch.Tensor  # uint8 [out_features, row_bytes]
-
     def __init__(self, weight: RawTensor, bias: torch.Tensor | None = None) -> None:
-        super().__init__()
         if len(weight.shape) != 2:
             raise ValueError(f"{weight.name}: a linear weight must be 2-D, got {weight.shape}")
         self.method = get_quant_method(weight.qtype)
         self.out_features, self.in_features = weight.shape
-        self.register_buffer("raw", weight.data, persistent=False)
+        self.raw = weight.data  # uint8 [out_features, row_bytes]
         self.bias = bias
 
     @classmethod
@@ -28,27 +30,56 @@ class QuantLinear(nn.Module):
         bias = store.take_optional(f"{prefix}.bias")
         return cls(store.take(f"{prefix}.weight"), bias.to_float() if bias is not None else None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def stacked(cls, store: WeightStore, prefixes: Sequence[str]) -> QuantLinear | None:
+        """One linear computing several (e.g. Q, K and V) at once: their rows stacked.
+
+        Only when every part has the same storage type and input width, and all or none have
+        a bias; otherwise None and the caller keeps separate layers. Rows of a block format are
+        independent, so stacking raw rows is exact. Saves a kernel call and re-quantizing the
+        activations per part.
+        """
+        weights = [store.peek(f"{p}.weight") for p in prefixes]
+        biases = [f"{p}.bias" in store for p in prefixes]
+        first = weights[0]
+        if len(first.shape) != 2 or any(
+            len(w.shape) != 2 or w.qtype != first.qtype or w.shape[1] != first.shape[1]
+            for w in weights
+        ):
+            return None
+        if any(biases) and not all(biases):
+            return None
+        taken = [store.take(f"{p}.weight") for p in prefixes]
+        rows = sum(w.shape[0] for w in taken)
+        data = torch.cat([w.data for w in taken])
+        bias = None
+        if all(biases):
+            bias = torch.cat([store.take(f"{p}.bias").to_float() for p in prefixes])
+        name = "+".join(prefixes)
+        return cls(RawTensor(name, first.qtype, (rows, first.shape[1]), data), bias)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # x: [..., in_features] -> [..., out_features]
-        lead = x.shape[:-1]
-        y = self.method.matmul(x.reshape(-1, self.in_features), self.raw, self.in_features)
+        if x.dim() == 2:
+            y = self.method.matmul(x, self.raw, self.in_features)
+        else:
+            lead = x.shape[:-1]
+            y = self.method.matmul(x.reshape(-1, self.in_features), self.raw, self.in_features)
+            y = y.reshape(*lead, self.out_features)
         if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*lead, self.out_features)
+            y += self.bias
+        return y
 
 
-class QuantEmbedding(nn.Module):
+class QuantEmbedding:
     """Token embedding table kept in storage format; only looked-up rows are dequantized."""
 
-    raw: torch.Tensor  # uint8 [num_embeddings, row_bytes]
-
     def __init__(self, weight: RawTensor) -> None:
-        super().__init__()
         self.method = get_quant_method(weight.qtype)
         self.num_embeddings, self.embedding_dim = weight.shape
-        self.register_buffer("raw", weight.data, persistent=False)
+        self.raw = weight.data  # uint8 [num_embeddings, row_bytes]
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         # ids: [T] -> [T, embedding_dim]
         return self.method.embedding(self.raw, self.embedding_dim, ids)
 

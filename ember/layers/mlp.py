@@ -5,24 +5,27 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
 from ember.layers.linear import QuantLinear
 from ember.loader.weights import WeightStore
 
+# act_and_mul(gate_up [T, 2F]) -> [T, F]: gate in the first half, up in the second.
+ActAndMul = Callable[[torch.Tensor], torch.Tensor]
 
-class GatedMLP(nn.Module):
-    def __init__(
-        self,
-        store: WeightStore,
-        prefix: str,
-        act_and_mul: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    ) -> None:
-        super().__init__()
-        self.gate = QuantLinear.from_store(store, f"{prefix}.ffn_gate")
-        self.up = QuantLinear.from_store(store, f"{prefix}.ffn_up")
+
+class GatedMLP:
+    def __init__(self, store: WeightStore, prefix: str, act_and_mul: ActAndMul) -> None:
+        gate, up = f"{prefix}.ffn_gate", f"{prefix}.ffn_up"
+        self.gate_up = QuantLinear.stacked(store, [gate, up])
+        if self.gate_up is None:  # gate and up stored differently: two calls, then join
+            self.gate = QuantLinear.from_store(store, gate)
+            self.up = QuantLinear.from_store(store, up)
         self.down = QuantLinear.from_store(store, f"{prefix}.ffn_down")
         self.act_and_mul = act_and_mul
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(self.act_and_mul(self.gate(x), self.up(x)))
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up is not None:
+            gate_up = self.gate_up(x)
+        else:
+            gate_up = torch.cat((self.gate(x), self.up(x)), dim=-1)
+        return self.down(self.act_and_mul(gate_up))

@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
+
+from ember.layers import ops as fused
 
 
-class RMSNorm(nn.Module):
+class RMSNorm:
     """x / rms(x) * weight over the last dimension, computed in float32.
 
     Gemma's "(1 + w)" convention is folded into `weight` when the model is loaded.
     """
 
-    weight: torch.Tensor  # [dim] float32
-
     def __init__(self, weight: torch.Tensor, eps: float) -> None:
-        super().__init__()
-        self.register_buffer("weight", weight.float(), persistent=False)
+        self.weight = weight.float().contiguous()  # [dim]
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * self.weight).to(x.dtype)
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return fused.rms_norm(x, self.weight, self.eps)
+
+    def add_and_norm(
+        self, x: torch.Tensor, residual: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(x + residual), x + residual): the residual add fused into the norm."""
+        return fused.add_rms_norm(x, residual, self.weight, self.eps)

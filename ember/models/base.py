@@ -7,9 +7,9 @@ block; this shell owns the embedding, the rotary tables, the final norm and the 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
-from torch import nn
 
 from ember.config import ModelConfig
 from ember.layers.attention import SequenceKVCache
@@ -18,10 +18,23 @@ from ember.layers.norm import RMSNorm
 from ember.layers.rotary import RotaryEmbedding
 from ember.loader.weights import WeightStore
 
-BlockFactory = Callable[[WeightStore, int, ModelConfig], nn.Module]
+
+class Block(Protocol):
+    def __call__(
+        self,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
+        cache: SequenceKVCache,
+        start: int,
+        rotary: RotaryEmbedding,
+        cos_sin: tuple[torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-class DecoderLM(nn.Module):
+BlockFactory = Callable[[WeightStore, int, ModelConfig], Block]
+
+
+class DecoderLM:
     def __init__(
         self,
         config: ModelConfig,
@@ -29,10 +42,9 @@ class DecoderLM(nn.Module):
         make_block: BlockFactory,
         norm_offset: float = 0.0,
     ) -> None:
-        super().__init__()
         self.config = config
         self.embed = QuantEmbedding(store.take("token_embd.weight"))
-        self.layers = nn.ModuleList(make_block(store, i, config) for i in range(config.num_layers))
+        self.layers = [make_block(store, i, config) for i in range(config.num_layers)]
         output_norm = store.take("output_norm.weight").to_float() + norm_offset
         self.norm = RMSNorm(output_norm, config.rms_norm_eps)
         output = store.take_optional("output.weight")
@@ -61,7 +73,7 @@ class DecoderLM(nn.Module):
         return SequenceKVCache(c.num_layers, capacity, c.num_kv_heads, c.head_dim, dtype)
 
     @torch.inference_mode()
-    def forward(self, token_ids: torch.Tensor, cache: SequenceKVCache, start: int) -> torch.Tensor:
+    def __call__(self, token_ids: torch.Tensor, cache: SequenceKVCache, start: int) -> torch.Tensor:
         """Run tokens at positions [start, start+T) of one sequence -> final hidden [T, hidden]."""
         positions = torch.arange(start, start + token_ids.shape[0])
         x = self.embed(token_ids)
@@ -73,12 +85,17 @@ class DecoderLM(nn.Module):
             if self.rotary_local is not self.rotary_global
             else global_cs
         )
+        residual: torch.Tensor | None = None
         for index, block in enumerate(self.layers):
             sliding = self.config.is_sliding(index)
             rotary = self.rotary_local if sliding else self.rotary_global
-            x = block(x, cache, start, rotary, local_cs if sliding else global_cs)
+            x, residual = block(
+                x, residual, cache, start, rotary, local_cs if sliding else global_cs
+            )
         cache.length = start + token_ids.shape[0]
-        return self.norm(x)
+        if residual is None:  # a model with no layers
+            return self.norm(x)
+        return self.norm.add_and_norm(x, residual)[0]
 
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

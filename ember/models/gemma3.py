@@ -8,7 +8,6 @@ import math
 from typing import Any
 
 import torch
-from torch import nn
 
 from ember.config import ModelConfig, RopeConfig
 from ember.errors import ModelFileError
@@ -34,9 +33,8 @@ _HF_NAMES = {
 NORM_OFFSET = {"gguf": 0.0, "safetensors": 1.0}
 
 
-class Gemma3Block(nn.Module):
+class Gemma3Block:
     def __init__(self, store: WeightStore, layer: int, config: ModelConfig) -> None:
-        super().__init__()
         prefix, eps = f"blk.{layer}", config.rms_norm_eps
         offset = NORM_OFFSET[store.file_format]
 
@@ -50,16 +48,23 @@ class Gemma3Block(nn.Module):
         self.mlp = GatedMLP(store, prefix, gelu_tanh_and_mul)
         self.post_ffn_norm = norm("post_ffw_norm")
 
-    def forward(
+    def __call__(
         self,
-        x: torch.Tensor,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
         cache: SequenceKVCache,
         start: int,
         rotary: RotaryEmbedding,
         cos_sin: tuple[torch.Tensor, torch.Tensor],
-    ) -> torch.Tensor:
-        x = x + self.post_attn_norm(self.attn(self.attn_norm(x), cache, start, rotary, cos_sin))
-        return x + self.post_ffn_norm(self.mlp(self.ffn_norm(x)))
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # Sandwich norms: x + post_norm(sublayer(pre_norm(x))), for attention and the MLP.
+        if residual is None:
+            residual, hidden = hidden, self.attn_norm(hidden)
+        else:
+            hidden, residual = self.attn_norm.add_and_norm(hidden, residual)
+        hidden = self.post_attn_norm(self.attn(hidden, cache, start, rotary, cos_sin))
+        hidden, residual = self.ffn_norm.add_and_norm(hidden, residual)
+        return self.post_ffn_norm(self.mlp(hidden)), residual
 
 
 def _sliding_layers(num_layers: int) -> tuple[bool, ...]:

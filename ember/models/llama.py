@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from ember.config import ModelConfig
 from ember.layers.activation import silu_and_mul
@@ -23,9 +22,8 @@ from ember.models.common import HF_LAYER_NAMES, gguf_common, hf_common, rename_h
 ARCHITECTURE = "llama"
 
 
-class LlamaBlock(nn.Module):
+class LlamaBlock:
     def __init__(self, store: WeightStore, layer: int, config: ModelConfig) -> None:
-        super().__init__()
         prefix = f"blk.{layer}"
         eps = config.rms_norm_eps
         self.attn_norm = RMSNorm(store.take(f"{prefix}.attn_norm.weight").to_float(), eps)
@@ -33,16 +31,24 @@ class LlamaBlock(nn.Module):
         self.ffn_norm = RMSNorm(store.take(f"{prefix}.ffn_norm.weight").to_float(), eps)
         self.mlp = GatedMLP(store, prefix, silu_and_mul)
 
-    def forward(
+    def __call__(
         self,
-        x: torch.Tensor,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
         cache: SequenceKVCache,
         start: int,
         rotary: RotaryEmbedding,
         cos_sin: tuple[torch.Tensor, torch.Tensor],
-    ) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cache, start, rotary, cos_sin)
-        return x + self.mlp(self.ffn_norm(x))
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sub-block output, residual stream) in and out: each norm also adds the previous
+        sub-block's output to the residual stream, in one pass."""
+        if residual is None:
+            residual, hidden = hidden, self.attn_norm(hidden)
+        else:
+            hidden, residual = self.attn_norm.add_and_norm(hidden, residual)
+        hidden = self.attn(hidden, cache, start, rotary, cos_sin)
+        hidden, residual = self.ffn_norm.add_and_norm(hidden, residual)
+        return self.mlp(hidden), residual
 
 
 def config_from_gguf(meta: dict[str, Any], vocab_rows: int) -> ModelConfig:

@@ -105,3 +105,19 @@ def test_prompt_longer_than_the_context_is_one_line() -> None:
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ")
     assert "16" in done.stderr and "prompt" in done.stderr
+
+
+def test_bench_prints_a_table() -> None:
+    done = subprocess.run(
+        [*EMBER, "bench", "smollm2-135m-instruct", "-p", "16", "-n", "4", "--no-peer"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [
+        line
+        for line in done.stdout.splitlines()
+        if line.startswith("| pp16") or line.startswith("| tg4")
+    ]
+    assert len(rows) == 2 and all("n/a" in row for row in rows)

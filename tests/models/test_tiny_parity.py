@@ -90,7 +90,7 @@ def test_quantized_gguf_matches_transformers_on_dequantized_weights(
     )
     path = save_gguf(model, tmp_path / "model.gguf", qtype=qtype)
     loaded = load_model_path(path, with_tokenizer=False)
-    assert loaded.model.layers[0].attn.q_proj.method.name == qtype
+    assert loaded.model.layers[0].attn.qkv.method.name == qtype
     ggml_type = gguf.GGMLQuantizationType[qtype]
     with torch.no_grad():
         for param in model.parameters():
@@ -114,6 +114,6 @@ def test_half_precision_safetensors(tmp_path: Path, dtype: torch.dtype) -> None:
         reference = model(PROMPT).logits[0]
     save_hf(model.to(dtype), tmp_path)
     loaded = load_model_path(tmp_path, with_tokenizer=False)
-    assert loaded.model.layers[0].mlp.up.method.name == {torch.bfloat16: "BF16"}.get(dtype, "F16")
+    assert loaded.model.layers[0].mlp.gate_up.method.name == {torch.bfloat16: "BF16"}.get(dtype, "F16")
     logits = _ember_logits(tmp_path, PROMPT)
     torch.testing.assert_close(logits, reference, atol=2e-4, rtol=1e-4)
