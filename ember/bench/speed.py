@@ -47,7 +47,7 @@ def decode_speed(loaded: LoadedModel, tokens: int = 128, repetitions: int = 2) -
     model = loaded.model
     seconds = []
     for rep in range(repetitions + 1):
-        cache = model.new_cache(tokens + 1)
+        cache = model.new_cache(max(tokens, 8) + 1)
         token = torch.tensor([1 + rep])
         steps = tokens if rep else 8
         started = time.perf_counter()
