@@ -36,27 +36,21 @@ class QuantLinear:
 
         Only when every part has the same storage type and input width, and all or none have
         a bias; otherwise None and the caller keeps separate layers. Rows of a block format are
-        independent, so stacking raw rows is exact. Saves a kernel call and re-quantizing the
+        independent, so stacking raw rows is exact. Saves kernel calls and re-quantizing the
         activations per part.
         """
-        weights = [store.peek(f"{p}.weight") for p in prefixes]
-        biases = [f"{p}.bias" in store for p in prefixes]
-        first = weights[0]
-        if len(first.shape) != 2 or any(
-            len(w.shape) != 2 or w.qtype != first.qtype or w.shape[1] != first.shape[1]
-            for w in weights
-        ):
+        infos = [store.peek(f"{p}.weight") for p in prefixes]
+        first = infos[0]
+        if any(len(i.shape) != 2 or (i.qtype, i.cols) != (first.qtype, first.cols) for i in infos):
             return None
+        biases = [f"{p}.bias" in store for p in prefixes]
         if any(biases) and not all(biases):
             return None
-        taken = [store.take(f"{p}.weight") for p in prefixes]
-        rows = sum(w.shape[0] for w in taken)
-        data = torch.cat([w.data for w in taken])
+        weight = store.take_stacked([f"{p}.weight" for p in prefixes])
         bias = None
         if all(biases):
             bias = torch.cat([store.take(f"{p}.bias").to_float() for p in prefixes])
-        name = "+".join(prefixes)
-        return cls(RawTensor(name, first.qtype, (rows, first.shape[1]), data), bias)
+        return cls(weight, bias)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # x: [..., in_features] -> [..., out_features]

@@ -29,6 +29,8 @@ class GGUFTensor:
     qtype: str  # GGML type name: "F32", "Q4_K", ...
     shape: tuple[int, ...]
     data: np.ndarray  # uint8, shape[:-1] + (bytes per row,), backed by the file mapping
+    offset: int = -1
+    """Absolute file offset of the first byte (-1 when not known)."""
 
 
 @dataclass
@@ -59,7 +61,7 @@ def read_gguf(path: str | Path, *, with_tensors: bool = True) -> GGUFFile:
     if with_tensors:
         for info in header.tensors:
             data = tensor_view(mapping, info)
-            tensors[info.name] = GGUFTensor(info.name, info.qtype, info.shape, data)
+            tensors[info.name] = GGUFTensor(info.name, info.qtype, info.shape, data, info.offset)
     return GGUFFile(path=path, metadata=header.metadata, tensors=tensors)
 
 

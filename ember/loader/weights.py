@@ -2,24 +2,44 @@
 
 Every tensor is kept as bytes in its storage format: a uint8 tensor [rows, row_bytes] plus the
 GGML type name that says how to read it. GGUF blocks stay quantized; safetensors weights keep
-their dtype (F32/F16/BF16 bytes). Layers turn these into modules (see layers/).
+their dtype (F32/F16/BF16 bytes). Layers take what they need from a WeightStore; a GGUF store
+reads each tensor from the file straight into the buffer the layer keeps (no memory map in the
+resident set, no second copy), so loading never holds much more than the model itself.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ember.errors import ModelFileError
 from ember.loader.gguf_file import GGUFFile
 
 _TORCH_DTYPE_TO_GGML = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What a stored tensor is, without its bytes: `shape` is logical, rows first."""
+
+    name: str
+    qtype: str
+    shape: tuple[int, ...]
+    row_bytes: int
+
+    @property
+    def rows(self) -> int:
+        return math.prod(self.shape[:-1]) if len(self.shape) > 1 else 1
+
+    @property
+    def cols(self) -> int:
+        return self.shape[-1]
 
 
 @dataclass(frozen=True)
@@ -30,10 +50,6 @@ class RawTensor:
     qtype: str
     shape: tuple[int, ...]
     data: torch.Tensor
-
-    @property
-    def rows(self) -> int:
-        return math.prod(self.shape[:-1]) if len(self.shape) > 1 else 1
 
     @property
     def cols(self) -> int:
@@ -47,49 +63,91 @@ class RawTensor:
         return values.reshape(self.shape)
 
 
-class WeightStore:
-    """Raw weights by GGUF name; `take` hands a tensor over so the store does not keep it alive."""
+# Fills a uint8 [rows, row_bytes] buffer with a tensor's stored bytes.
+ReadInto = Callable[[TensorInfo, torch.Tensor], None]
 
-    def __init__(self, tensors: dict[str, RawTensor], source: str, file_format: str) -> None:
-        self._tensors = tensors
+
+class WeightStore:
+    """Raw weights by GGUF name. `take` reads a tensor into a new buffer and forgets it, so
+    every byte is loaded once and held only by the layer that took it."""
+
+    def __init__(
+        self, infos: dict[str, TensorInfo], read_into: ReadInto, source: str, file_format: str
+    ) -> None:
+        self._infos = infos
+        self._read_into = read_into
         self.source = source
         self.file_format = file_format
         """"gguf" or "safetensors": conventions differ (e.g. Gemma's norm offset is pre-added
         in GGUF files)."""
 
     def __contains__(self, name: str) -> bool:
-        return name in self._tensors
+        return name in self._infos
 
     def names(self) -> Iterator[str]:
-        return iter(self._tensors)
+        return iter(self._infos)
 
-    def peek(self, name: str) -> RawTensor:
+    def peek(self, name: str) -> TensorInfo:
         try:
-            return self._tensors[name]
+            return self._infos[name]
         except KeyError:
             raise ModelFileError(f"{self.source}: missing tensor {name!r}") from None
 
     def take(self, name: str) -> RawTensor:
-        tensor = self.peek(name)
-        del self._tensors[name]
-        return tensor
+        info = self.peek(name)
+        data = torch.empty((info.rows, info.row_bytes), dtype=torch.uint8)
+        self._read_into(info, data)
+        del self._infos[name]
+        return RawTensor(name, info.qtype, info.shape, data)
 
     def take_optional(self, name: str) -> RawTensor | None:
-        return self.take(name) if name in self._tensors else None
+        return self.take(name) if name in self._infos else None
+
+    def take_stacked(self, names: Sequence[str]) -> RawTensor:
+        """2-D tensors of one type and width, their rows stacked into one buffer (read in place)."""
+        infos = [self.peek(name) for name in names]
+        first = infos[0]
+        if any(i.qtype != first.qtype or i.shape[1:] != first.shape[1:] for i in infos):
+            raise ValueError(f"cannot stack {list(names)}: types or widths differ")
+        rows = sum(i.rows for i in infos)
+        data = torch.empty((rows, first.row_bytes), dtype=torch.uint8)
+        row = 0
+        for info in infos:
+            self._read_into(info, data[row : row + info.rows])
+            row += info.rows
+            del self._infos[info.name]
+        return RawTensor("+".join(names), first.qtype, (rows, *first.shape[1:]), data)
 
     def remaining(self) -> list[str]:
-        return sorted(self._tensors)
+        return sorted(self._infos)
 
 
 def store_from_gguf(gguf_file: GGUFFile) -> WeightStore:
-    """Copy every tensor out of the file mapping into process memory, still in its block form."""
-    tensors: dict[str, RawTensor] = {}
-    for name, info in gguf_file.tensors.items():
-        rows = math.prod(info.shape[:-1]) if len(info.shape) > 1 else 1
-        # np.array(copy=True) detaches from the memmap so the file mapping can be released.
-        raw = np.array(info.data, copy=True).view(np.uint8).reshape(rows, -1)
-        tensors[name] = RawTensor(name, info.qtype, info.shape, torch.from_numpy(raw))
-    return WeightStore(tensors, gguf_file.path.name, "gguf")
+    """A store that reads tensors from the GGUF file with pread when layers take them."""
+    infos: dict[str, TensorInfo] = {}
+    offsets: dict[str, int] = {}
+    for name, tensor in gguf_file.tensors.items():
+        row_bytes = int(tensor.data.shape[-1]) if tensor.data.ndim else int(tensor.data.size)
+        infos[name] = TensorInfo(name, tensor.qtype, tensor.shape, row_bytes)
+        offsets[name] = tensor.offset
+    path = gguf_file.path
+
+    def read_into(info: TensorInfo, out: torch.Tensor) -> None:
+        offset = offsets[info.name]
+        if offset < 0:  # a GGUFFile built without offsets (e.g. by gguf.GGUFReader)
+            source = gguf_file.tensors[info.name].data.reshape(info.rows, info.row_bytes)
+            out.copy_(torch.from_numpy(source.copy()))
+            return
+        view = out.numpy().data.cast("B")
+        with open(path, "rb", buffering=0) as handle:
+            done = 0
+            while done < len(view):
+                count = os.preadv(handle.fileno(), [view[done:]], offset + done)
+                if count <= 0:
+                    raise ModelFileError(f"{path.name}: truncated while reading {info.name!r}")
+                done += count
+
+    return WeightStore(infos, read_into, path.name, "gguf")
 
 
 def _dense_raw(name: str, tensor: torch.Tensor) -> RawTensor:
@@ -127,9 +185,17 @@ def store_from_safetensors(directory: Path, rename: Callable[[str], str | None])
                     gguf_name = rename(hf_name)
                     if gguf_name is None:
                         continue
-                    tensors[gguf_name] = _dense_raw(hf_name, handle.get_tensor(hf_name))
+                    tensors[gguf_name] = _dense_raw(gguf_name, handle.get_tensor(hf_name))
         except ModelFileError:
             raise
         except Exception as exc:
             raise ModelFileError(f"{file.name}: cannot read safetensors file ({exc})") from None
-    return WeightStore(tensors, directory.name, "safetensors")
+    infos = {
+        name: TensorInfo(name, t.qtype, t.shape, int(t.data.shape[-1]))
+        for name, t in tensors.items()
+    }
+
+    def read_into(info: TensorInfo, out: torch.Tensor) -> None:
+        out.copy_(tensors.pop(info.name).data)
+
+    return WeightStore(infos, read_into, directory.name, "safetensors")

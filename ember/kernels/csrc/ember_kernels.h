@@ -55,4 +55,24 @@ void f32_to_bf16(const float* x, int64_t n, uint16_t* out);
 void gemm_bf16(const uint16_t* A, int64_t lda, int64_t m_valid, const uint16_t* B, int64_t ldb,
                int64_t n_valid, int64_t K, float* C, int64_t ldc);
 
+// ---- int8 GEMM path (large M): per-block int8 activations, weight panels unpacked to int8 ----
+// A panel is kGemmPanelRows weight rows, unpacked once and multiplied with every activation row.
+constexpr int64_t kGemmPanelRows = 64;
+
+bool gemm_i8_supported(int64_t qtype);
+// Bytes of (64-byte aligned) scratch for `rows` quantized activation rows of K values.
+int64_t gemm_i8_acts_bytes(int64_t qtype, int64_t rows, int64_t K);
+// Quantizes rows [r0, r1) of x (`rows` rows, row stride K) into `acts` (sized for `rows`).
+void gemm_i8_quantize(int64_t qtype, const float* x, int64_t rows, int64_t K, int64_t r0,
+                      int64_t r1, uint8_t* acts);
+// Bytes of (64-byte aligned) scratch for one unpacked panel.
+int64_t gemm_i8_panel_bytes(int64_t qtype, int64_t K);
+// Unpacks weight rows [n0, n0 + kGemmPanelRows) of an n_rows-row matrix (rows past the end
+// become zeros) into `panel`.
+void gemm_i8_unpack(int64_t qtype, const uint8_t* weights, int64_t row_bytes, int64_t K,
+                    int64_t n0, int64_t n_rows, uint8_t* panel);
+// out[m * ldo + n] = dot(activation row m, panel row n) for m in [m0, m1), n < n_valid.
+void gemm_i8_panel(int64_t qtype, const uint8_t* acts, int64_t rows, int64_t K, int64_t m0,
+                   int64_t m1, const uint8_t* panel, float* out, int64_t ldo, int64_t n_valid);
+
 }  // namespace ember

@@ -1,0 +1,351 @@
+"""Fused per-token ops: RMSNorm (+ residual add), gated activations, RoPE, KV writes, attention.
+
+At decode sizes each eager torch op costs more in dispatch than in arithmetic, so each of these
+replaces several of them with one native op (csrc/fused.cpp, registered as torch.ops.ember.*).
+Every op has a pure-torch twin here (`*_reference`), the definition the native op is tested
+against. The module-level functions pick the native op when
+ember.kernels.fast_methods_available(), else the reference, at every call; a hot loop can pick
+once with `select_ops()` and call the returned FusedOps directly.
+
+Activations are float32. KV caches are [slots, kv_heads, head_dim] in float32, bfloat16 or
+float16. q / k / v may be strided views (e.g. slices of a fused QKV output) as long as their
+last dim is contiguous.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "FusedOps",
+    "add_rms_norm",
+    "cached_attention",
+    "decode_attention",
+    "gelu_tanh_mul",
+    "native_ops",
+    "norm_add_rms_norm",
+    "reference_ops",
+    "rms_norm",
+    "rope_",
+    "select_ops",
+    "silu_mul",
+    "write_kv_",
+]
+
+
+# ---- pure-torch references -------------------------------------------------------------------
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / rms(x) * weight over the last dim ([..., D] -> [..., D]), computed in float32."""
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return (normed * weight).to(x.dtype)
+
+
+def add_rms_norm_reference(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(x + residual), x + residual): the sum is the next layer's residual."""
+    total = x + residual
+    return rms_norm_reference(total, weight, eps), total
+
+
+def norm_add_rms_norm_reference(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    x_weight: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gemma's sandwich norms: h = residual + rms_norm(x, x_weight); (rms_norm(h, weight), h)."""
+    total = residual + rms_norm_reference(x, x_weight, eps)
+    return rms_norm_reference(total, weight, eps), total
+
+
+def silu_mul_reference(gate_up: torch.Tensor) -> torch.Tensor:
+    """[..., 2F] (gate | up) -> silu(gate) * up [..., F]."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def gelu_tanh_mul_reference(gate_up: torch.Tensor) -> torch.Tensor:
+    """[..., 2F] (gate | up) -> gelu_tanh(gate) * up [..., F] (Gemma's GeGLU)."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.gelu(gate, approximate="tanh") * up
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> None:
+    # x: [T, heads, rotary_dim] view, rotated in place; cos, sin: [T, 1, rotary_dim / 2]
+    if interleaved:
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        rotated = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+    else:
+        half = x.shape[-1] // 2
+        x1, x2 = x[..., :half], x[..., half:]
+        rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    x.copy_(rotated)
+
+
+def rope_reference_(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    positions: torch.Tensor,
+    inv_freq: torch.Tensor,
+    rotary_dim: int,
+    interleaved: bool,
+    position_scale: float,
+) -> None:
+    """Rotates the first rotary_dim dims of q [T, Hq, Dh] and k [T, Hk, Dh] in place.
+
+    Angles are (positions / position_scale) * inv_freq in float32; pairs are (i, i + Dr/2)
+    (NeoX half split) or (2i, 2i + 1) when interleaved.
+    """
+    angles = (positions.float() / position_scale)[:, None] * inv_freq[None, :]
+    cos, sin = angles.cos()[:, None, :], angles.sin()[:, None, :]
+    _rotate(q[..., :rotary_dim], cos, sin, interleaved)
+    _rotate(k[..., :rotary_dim], cos, sin, interleaved)
+
+
+def write_kv_reference_(
+    k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int
+) -> None:
+    """k_cache[start : start + T] = k and the same for v (converted to the cache's dtype)."""
+    end = start + k.shape[0]
+    if start < 0 or end > k_cache.shape[0]:
+        raise ValueError(f"KV cache overflow: positions {start}..{end} in {k_cache.shape[0]} slots")
+    k_cache[start:end] = k
+    v_cache[start:end] = v
+
+
+def decode_attention_reference(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    start: int,
+    scale: float,
+    window: int,
+) -> torch.Tensor:
+    """Attention of queries at positions start .. start+T-1 over the cache's keys.
+
+    q: [T, Hq, Dh]; k_cache / v_cache: [S >= start + T, Hk, Dh] (Hq a multiple of Hk; query
+    head h reads kv head h // (Hq / Hk)) -> [T, Hq, Dh]. Query t sees the keys at positions
+    p <= start + t and, when window > 0, start + t - p < window.
+    """
+    num_tokens = q.shape[0]
+    end = start + num_tokens
+    first_key = max(0, start - window + 1) if window > 0 else 0
+    keys, values = k_cache[first_key:end], v_cache[first_key:end]
+    q_pos = torch.arange(start, end)[:, None]
+    k_pos = torch.arange(first_key, end)[None, :]
+    visible = k_pos <= q_pos
+    if window > 0:
+        visible &= (q_pos - k_pos) < window
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1).unsqueeze(0),  # [1, Hq, T, Dh]
+        keys.transpose(0, 1).unsqueeze(0).to(q.dtype),
+        values.transpose(0, 1).unsqueeze(0).to(q.dtype),
+        attn_mask=visible,
+        scale=scale,
+        enable_gqa=True,
+    )
+    return out.squeeze(0).transpose(0, 1).contiguous()
+
+
+def cached_attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    positions: torch.Tensor,
+    inv_freq: torch.Tensor,
+    rotary_dim: int,
+    interleaved: bool,
+    position_scale: float,
+    start: int,
+    scale: float,
+    window: int,
+    q_norm: torch.Tensor | None = None,
+    k_norm: torch.Tensor | None = None,
+    norm_eps: float = 1e-6,
+) -> torch.Tensor:
+    """One layer's attention between the projections: [optional per-head QK-norm], RoPE (both
+    in place on q and k), k / v into the caches at `start`, then decode_attention."""
+    if (q_norm is None) != (k_norm is None):
+        raise ValueError("give both q_norm and k_norm or neither")
+    if q_norm is not None and k_norm is not None:
+        q.copy_(rms_norm_reference(q, q_norm, norm_eps))
+        k.copy_(rms_norm_reference(k, k_norm, norm_eps))
+    rope_reference_(q, k, positions, inv_freq, rotary_dim, interleaved, position_scale)
+    write_kv_reference_(k_cache, v_cache, k, v, start)
+    return decode_attention_reference(q, k_cache, v_cache, start, scale, window)
+
+
+# ---- one switch between the two ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FusedOps:
+    """One implementation of every fused op (native or reference), same signatures."""
+
+    rms_norm: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+    add_rms_norm: Callable[
+        [torch.Tensor, torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]
+    ]
+    norm_add_rms_norm: Callable[
+        [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float],
+        tuple[torch.Tensor, torch.Tensor],
+    ]
+    silu_mul: Callable[[torch.Tensor], torch.Tensor]
+    gelu_tanh_mul: Callable[[torch.Tensor], torch.Tensor]
+    rope_: Callable[
+        [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, bool, float], None
+    ]
+    write_kv_: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], None]
+    decode_attention: Callable[
+        [torch.Tensor, torch.Tensor, torch.Tensor, int, float, int], torch.Tensor
+    ]
+    # (q, k, v, k_cache, v_cache, positions, inv_freq, rotary_dim, interleaved, position_scale,
+    #  start, scale, window, q_norm=None, k_norm=None, norm_eps=1e-6) -> [T, Hq, Dh]
+    cached_attention: Callable[..., torch.Tensor]
+
+
+def reference_ops() -> FusedOps:
+    return FusedOps(
+        rms_norm=rms_norm_reference,
+        add_rms_norm=add_rms_norm_reference,
+        norm_add_rms_norm=norm_add_rms_norm_reference,
+        silu_mul=silu_mul_reference,
+        gelu_tanh_mul=gelu_tanh_mul_reference,
+        rope_=rope_reference_,
+        write_kv_=write_kv_reference_,
+        decode_attention=decode_attention_reference,
+        cached_attention=cached_attention_reference,
+    )
+
+
+@functools.cache
+def native_ops() -> FusedOps:
+    """The torch.ops.ember overloads; only call when fast_methods_available() is True."""
+    ops = torch.ops.ember
+    # Bound overloads skip the per-call overload resolution of the packet.
+    return FusedOps(
+        rms_norm=ops.rms_norm.default,
+        add_rms_norm=ops.add_rms_norm.default,
+        norm_add_rms_norm=ops.norm_add_rms_norm.default,
+        silu_mul=ops.silu_mul.default,
+        gelu_tanh_mul=ops.gelu_tanh_mul.default,
+        rope_=ops.rope_.default,
+        write_kv_=ops.write_kv_.default,
+        decode_attention=ops.decode_attention.default,
+        cached_attention=ops.cached_attention.default,
+    )
+
+
+_REFERENCE = reference_ops()
+
+
+def select_ops() -> FusedOps:
+    """Native ops when the kernels are available (and EMBER_NO_KERNELS is unset), else reference."""
+    from ember.kernels import fast_methods_available
+
+    return native_ops() if fast_methods_available() else _REFERENCE
+
+
+# ---- per-call dispatch ---------------------------------------------------------------------------
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """[..., D] float32 -> rms-normalised [..., D] (contiguous), times weight [D]."""
+    return select_ops().rms_norm(x, weight, eps)
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(x + residual, weight, eps), x + residual)."""
+    return select_ops().add_rms_norm(x, residual, weight, eps)
+
+
+def norm_add_rms_norm(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    x_weight: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """h = residual + rms_norm(x, x_weight); returns (rms_norm(h, weight, eps), h)."""
+    return select_ops().norm_add_rms_norm(x, residual, x_weight, weight, eps)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """[..., 2F] -> silu(first half) * second half [..., F]."""
+    return select_ops().silu_mul(gate_up)
+
+
+def gelu_tanh_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """[..., 2F] -> gelu_tanh(first half) * second half [..., F]."""
+    return select_ops().gelu_tanh_mul(gate_up)
+
+
+def rope_(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    positions: torch.Tensor,
+    inv_freq: torch.Tensor,
+    rotary_dim: int,
+    interleaved: bool,
+    position_scale: float = 1.0,
+) -> None:
+    """Rotary embedding of q [T, Hq, Dh] and k [T, Hk, Dh] in place (see rope_reference_)."""
+    select_ops().rope_(q, k, positions, inv_freq, rotary_dim, interleaved, position_scale)
+
+
+def write_kv_(
+    k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int
+) -> None:
+    """Stores k, v [T, Hk, Dh] at cache slots start .. start+T-1."""
+    select_ops().write_kv_(k_cache, v_cache, k, v, start)
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    start: int,
+    scale: float,
+    window: int = 0,
+) -> torch.Tensor:
+    """Causal (sliding-window when window > 0) GQA attention of a few queries over the cache."""
+    return select_ops().decode_attention(q, k_cache, v_cache, start, scale, window)
+
+
+def cached_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    positions: torch.Tensor,
+    inv_freq: torch.Tensor,
+    rotary_dim: int,
+    interleaved: bool,
+    position_scale: float,
+    start: int,
+    scale: float,
+    window: int = 0,
+    q_norm: torch.Tensor | None = None,
+    k_norm: torch.Tensor | None = None,
+    norm_eps: float = 1e-6,
+) -> torch.Tensor:
+    """QK-norm (optional) + RoPE on q, k in place, cache write, attention (one native call)."""
+    return select_ops().cached_attention(
+        q, k, v, k_cache, v_cache, positions, inv_freq, rotary_dim, interleaved,
+        position_scale, start, scale, window, q_norm, k_norm, norm_eps,
+    )  # fmt: skip
