@@ -23,9 +23,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from ember.bench.speed import default_llama_bin, speed_table
-    from ember.llm import set_threads
     from ember.models.loader import load_model_path
     from ember.registry.resolve import resolve_model
+    from ember.runtime import set_threads
 
     set_threads(args.threads)
     sizes = [int(s) for s in args.pp.split(",")]

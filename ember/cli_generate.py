@@ -311,9 +311,9 @@ def _cmd_perplexity(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from ember.bench.speed import default_llama_bin, speed_table
-    from ember.llm import set_threads
     from ember.models.loader import load_model_path
     from ember.registry.resolve import resolve_model
+    from ember.runtime import set_threads
 
     try:
         sizes = [int(size) for size in args.prompt.split(",") if size.strip()]

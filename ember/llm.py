@@ -3,41 +3,19 @@
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
-
-import torch
 
 from ember.engine.generator import Generator, StreamDelta
 from ember.engine.outputs import RequestOutput
 from ember.errors import RequestError, TokenizerError
+from ember.runtime import set_threads
 from ember.sampling_params import SamplingParams
 
 PromptInput = str | Mapping[str, Any]
 """Text, or {"prompt_token_ids": [...]} (optionally with "prompt": the text it came from)."""
 
 Message = Mapping[str, Any]
-
-
-def default_threads() -> int:
-    from ember.envs import num_threads
-
-    configured = num_threads()
-    if configured:
-        return configured
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def set_threads(threads: int | None) -> int:
-    count = threads or default_threads()
-    if count < 1:
-        raise RequestError(f"threads must be at least 1, got {count}")
-    torch.set_num_threads(count)
-    return count
 
 
 class LLM:

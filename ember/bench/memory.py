@@ -20,7 +20,9 @@ from ember.models.loader import load_model_path
 from ember.tokenizer.gguf_tokenizer import tokenizer_from_gguf_metadata  # noqa: F401
 from ember.loader.gguf_file import read_gguf  # noqa: F401
 from ember.kernels import fast_methods_available
+from ember.runtime import set_threads
 fast_methods_available()  # loads the kernel library, as any real run does
+set_threads(None)
 path, prompt, generate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 kv_bytes = 0
 if path != "-":

@@ -7,7 +7,8 @@ tokens are matched verbatim in text before tokenization (the "special tokens cac
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from array import array
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntFlag
 from itertools import compress
@@ -90,7 +91,7 @@ class GGUFVocab:
     tokens: list[str]
     attrs: list[int]
     token_to_id: dict[str, int]
-    scores: list[float] | None
+    scores: Sequence[float] | None
     merges: list[str] | None
     preset: PreTokenizerPreset | None
     ids: dict[str, int | None]
@@ -187,7 +188,8 @@ def read_gguf_vocab(metadata: Mapping[str, Any]) -> GGUFVocab:
         tokens=tokens,
         attrs=attrs,
         token_to_id=token_to_id,
-        scores=scores[:n_tokens] if scores is not None else None,
+        # array('f'), not a list of Python floats: 1 MB instead of 8 MB for a 262k vocabulary
+        scores=array("f", scores[:n_tokens]) if scores is not None else None,
         merges=merges,
         preset=preset,
         ids=ids,

@@ -10,13 +10,13 @@ emitted as its UTF-8 bytes via the <0xXX> byte tokens.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 
 def spm_encode(
     text: str,
     token_to_id: dict[str, int],
-    scores: list[float],
+    scores: Sequence[float],
     byte_token: Callable[[int], int],
     out: list[int],
 ) -> None:

@@ -650,8 +650,12 @@ at::Tensor cached_attention(const at::Tensor& q, const at::Tensor& k, const at::
                             const std::optional<at::Tensor>& k_norm, double norm_eps) {
   check_heads(q, "q");
   check_heads(k, "k");
+  check_caches(k_cache, v_cache);
   TORCH_CHECK(q_norm.has_value() == k_norm.has_value(),
               "ember fused ops: give both q_norm and k_norm or neither");
+  // Refuse an overflow before q and k are changed in place.
+  TORCH_CHECK(start >= 0 && start + q.size(0) <= k_cache.size(0), "ember fused ops: writing ",
+              q.size(0), " positions at ", start, " overflows a cache of ", k_cache.size(0));
   if (q_norm.has_value()) {
     norm_heads_(q, *q_norm, static_cast<float>(norm_eps));
     norm_heads_(k, *k_norm, static_cast<float>(norm_eps));

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <numeric>
 
 #include "ember_kernels.h"
 
@@ -123,6 +124,71 @@ void bf16_path(int64_t qtype, const float* x, int64_t M, int64_t K, const uint8_
   }
 }
 
+// Rows per pass of the int8 GEMM: bounds its activation scratch (9 MB at K = 8192); each pass
+// unpacks the weights again, which costs little next to 1024 rows of multiply-adds.
+constexpr int64_t kInt8RowsPerPass = 1024;
+
+void int8_gemm_block(int64_t qtype, const float* x, int64_t M, int64_t K, const uint8_t* w,
+                     int64_t N, int64_t row_bytes, float* out, int64_t ldo) {
+  uint8_t* acts = scratch(0, ember::gemm_i8_acts_bytes(qtype, M, K));
+  at::parallel_for(0, M, std::max<int64_t>(1, 16384 / K), [&](int64_t r0, int64_t r1) {
+    ember::gemm_i8_quantize(qtype, x, M, K, r0, r1, acts);
+  });
+  // Tasks are (panel, row chunk) pairs handed out in contiguous runs, one run per thread.
+  // Rows are split only as far as needed for every thread to get the same amount of work
+  // (each split unpacks a panel once more).
+  const int64_t n_panels = (N + ember::kGemmPanelRows - 1) / ember::kGemmPanelRows;
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t m_chunks =
+      std::clamp<int64_t>(threads / std::gcd(n_panels, threads), 1, std::max<int64_t>(1, M / 6));
+  const int64_t rows_per_chunk = (M + m_chunks - 1) / m_chunks;
+  const int64_t panel_bytes = ember::gemm_i8_panel_bytes(qtype, K);
+  at::parallel_for(0, n_panels * m_chunks, 1, [&](int64_t t0, int64_t t1) {
+    // Slot 1: the calling thread works too, and its slot 0 holds `acts`.
+    uint8_t* panel = scratch(1, panel_bytes);
+    int64_t loaded = -1;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t p = t / m_chunks, chunk = t % m_chunks;
+      const int64_t n0 = p * ember::kGemmPanelRows;
+      if (p != loaded) {
+        ember::gemm_i8_unpack(qtype, w, row_bytes, K, n0, N, panel);
+        loaded = p;
+      }
+      const int64_t m0 = std::min(M, chunk * rows_per_chunk);
+      const int64_t m1 = std::min(M, m0 + rows_per_chunk);
+      if (m1 > m0)
+        ember::gemm_i8_panel(qtype, acts, M, K, m0, m1, panel, out + n0, ldo,
+                             std::min(ember::kGemmPanelRows, N - n0));
+    }
+  });
+}
+
+void int8_gemm_path(int64_t qtype, const float* x, int64_t M, int64_t K, const uint8_t* w,
+                    int64_t N, int64_t row_bytes, float* out) {
+  const int64_t passes = (M + kInt8RowsPerPass - 1) / kInt8RowsPerPass;
+  const int64_t per_pass = (M + passes - 1) / passes;
+  for (int64_t m0 = 0; m0 < M; m0 += per_pass) {
+    const int64_t rows = std::min(per_pass, M - m0);
+    int8_gemm_block(qtype, x + m0 * K, rows, K, w, N, row_bytes, out + m0 * N, N);
+  }
+}
+
+// Values of qmatmul's `path`.
+enum Path : int64_t { kAuto = 0, kInteger = 1, kBf16 = 2, kInt8Gemm = 3 };
+
+// Largest batch that takes the streaming gemv in auto mode; larger ones take the int8 GEMM,
+// whose weight unpacking pays off from about 5 rows (4/5-bit 32-weight types), 7 (Q8_0) and
+// 9 (K-quants, whose gemv is cheaper per weight). Measured with 2 threads.
+int64_t gemv_max_rows(int64_t qtype) {
+  switch (qtype) {
+    case ember::kQ8_0: return 6;
+    case ember::kQ4_K:
+    case ember::kQ5_K:
+    case ember::kQ6_K: return 8;
+    default: return 4;
+  }
+}
+
 at::Tensor qmatmul(const at::Tensor& x, const at::Tensor& raw, int64_t cols, int64_t qtype,
                    int64_t path) {
   const ember::TypeInfo& info = checked_type(qtype);
@@ -133,15 +199,21 @@ at::Tensor qmatmul(const at::Tensor& x, const at::Tensor& raw, int64_t cols, int
   const int64_t M = xf.size(0), N = w.size(0), row_bytes = w.size(1);
   at::Tensor out = at::empty({M, N}, xf.options());
   if (M == 0 || N == 0) return out;
-  // Small batches take the int8 VNNI path (weights streamed once per kGemvMaxRows rows),
-  // larger ones the bf16 tile GEMM.
-  const bool integer = path == 1 || (path == 0 && M <= info.integer_max_rows);
-  if (integer) {
-    integer_path(info, qtype, xf.const_data_ptr<float>(), M, cols, w.const_data_ptr<uint8_t>(), N,
-                 row_bytes, out.mutable_data_ptr<float>());
+  // Auto: small batches stream the weights through the int8 gemv (once per kGemvMaxRows rows),
+  // larger ones take the int8 GEMM. The bf16 tile GEMM (slower here: vpdpbusd does twice the
+  // multiply-adds of vdpbf16ps) stays as an explicit path.
+  TORCH_CHECK(path >= kAuto && path <= kInt8Gemm, "ember kernels: unknown matmul path ", path);
+  const int64_t chosen =
+      path != kAuto ? path : (M <= gemv_max_rows(qtype) ? kInteger : kInt8Gemm);
+  const float* xp = xf.const_data_ptr<float>();
+  const uint8_t* wp = w.const_data_ptr<uint8_t>();
+  float* op = out.mutable_data_ptr<float>();
+  if (chosen == kInteger) {
+    integer_path(info, qtype, xp, M, cols, wp, N, row_bytes, op);
+  } else if (chosen == kInt8Gemm) {
+    int8_gemm_path(qtype, xp, M, cols, wp, N, row_bytes, op);
   } else {
-    bf16_path(qtype, xf.const_data_ptr<float>(), M, cols, w.const_data_ptr<uint8_t>(), N,
-              row_bytes, out.mutable_data_ptr<float>());
+    bf16_path(qtype, xp, M, cols, wp, N, row_bytes, op);
   }
   return out;
 }

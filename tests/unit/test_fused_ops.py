@@ -1,0 +1,369 @@
+"""Native fused ops (csrc/fused.cpp) vs their pure-torch references in ember.kernels.fused.
+
+Tolerance: fp32 rounding level. Each op may differ from its reference only by the order of its
+float32 operations (sum-of-squares order in RMSNorm, softmax blocking in attention) and by
+~1 ulp in its transcendental functions (exp, cos, sin), so the largest absolute difference must
+stay within ULPS = 32 float32 ulps of the scale of the values involved: max |reference output|
+for the norms and activations, max |input| for RoPE, max |v| for attention. Observed errors are
+2-20x smaller. KV-cache writes must be bit-exact (torch's own round-to-nearest-even).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from ember import kernels
+from ember.kernels import fused
+
+ULPS = 32
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def assert_fp32_close(actual: torch.Tensor, expected: torch.Tensor, scale: float) -> None:
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype
+    error = (actual - expected).abs().max().item() if expected.numel() else 0.0
+    assert error <= ULPS * EPS32 * scale, f"max error {error:.3g} vs scale {scale:.3g}"
+
+
+def magnitude(x: torch.Tensor) -> float:
+    return max(x.abs().max().item(), 1e-30)
+
+
+@pytest.fixture
+def native(monkeypatch: pytest.MonkeyPatch) -> fused.FusedOps:
+    monkeypatch.delenv("EMBER_NO_KERNELS", raising=False)
+    if not kernels.fast_methods_available():
+        pytest.skip("native kernels unavailable on this machine")
+    return fused.native_ops()
+
+
+REF = fused.reference_ops()
+
+
+def generator(*seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(hash(seed) % 2**31)
+
+
+# ---- norms -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 17])
+@pytest.mark.parametrize("dim", [5, 64, 576, 640])
+def test_rms_norm_and_residual_variants(native: fused.FusedOps, tokens: int, dim: int) -> None:
+    g = generator(tokens, dim)
+    x = torch.randn(tokens, dim, generator=g) * 3
+    residual = torch.randn(tokens, dim, generator=g)
+    weight, x_weight = torch.randn(dim, generator=g), torch.randn(dim, generator=g)
+
+    expected = REF.rms_norm(x, weight, 1e-6)
+    assert_fp32_close(native.rms_norm(x, weight, 1e-6), expected, magnitude(expected))
+
+    normed, total = native.add_rms_norm(x, residual, weight, 1e-5)
+    ref_normed, ref_total = REF.add_rms_norm(x, residual, weight, 1e-5)
+    assert torch.equal(total, ref_total)
+    assert_fp32_close(normed, ref_normed, magnitude(ref_normed))
+
+    normed, total = native.norm_add_rms_norm(x, residual, x_weight, weight, 1e-6)
+    ref_normed, ref_total = REF.norm_add_rms_norm(x, residual, x_weight, weight, 1e-6)
+    assert_fp32_close(total, ref_total, magnitude(ref_total))
+    assert_fp32_close(normed, ref_normed, magnitude(ref_normed))
+
+
+def test_rms_norm_per_head_on_a_strided_view(native: fused.FusedOps) -> None:
+    # q of a fused QKV output: [T, Hq, Dh] whose token stride spans q, k and v.
+    g = generator(7)
+    qkv = torch.randn(3, (4 + 2 * 1) * 256, generator=g)
+    q = qkv[:, : 4 * 256].view(3, 4, 256)
+    weight = torch.randn(256, generator=g)
+    expected = REF.rms_norm(q, weight, 1e-6)
+    got = native.rms_norm(q, weight, 1e-6)
+    assert got.is_contiguous()
+    assert_fp32_close(got, expected, magnitude(expected))
+
+
+def test_zero_rows_normalise_to_zero(native: fused.FusedOps) -> None:
+    x = torch.zeros(2, 64)
+    assert torch.equal(native.rms_norm(x, torch.ones(64), 1e-6), x)
+
+
+# ---- gated activations ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 17])
+@pytest.mark.parametrize("width", [1, 7, 1536, 2048])
+def test_gated_activations(native: fused.FusedOps, tokens: int, width: int) -> None:
+    g = generator(tokens, width)
+    gate_up = torch.randn(tokens, 2 * width, generator=g) * 4
+    for name in ("silu_mul", "gelu_tanh_mul"):
+        expected = getattr(REF, name)(gate_up)
+        assert_fp32_close(getattr(native, name)(gate_up), expected, magnitude(expected))
+
+
+def test_gated_activations_at_the_ends_of_the_range(native: fused.FusedOps) -> None:
+    gate = torch.tensor([-200.0, -90.0, -20.0, -1e-30, 0.0, 1e-30, 20.0, 90.0, 200.0])
+    special = torch.tensor([float("inf"), float("nan")])
+    gate_up = torch.cat([gate, special, torch.ones(gate.numel() + 2)])[None]
+    for name in ("silu_mul", "gelu_tanh_mul"):
+        got, expected = getattr(native, name)(gate_up), getattr(REF, name)(gate_up)
+        assert torch.isinf(got[0, -2]) and torch.isnan(got[0, -1])
+        assert_fp32_close(got[:, :-2], expected[:, :-2], 200.0)
+
+
+# ---- RoPE --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 17])
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize(("head_dim", "rotary_dim"), [(64, 64), (256, 256), (80, 32), (64, 16)])
+@pytest.mark.parametrize("position_scale", [1.0, 3.0])
+def test_rope(
+    native: fused.FusedOps,
+    tokens: int,
+    interleaved: bool,
+    head_dim: int,
+    rotary_dim: int,
+    position_scale: float,
+) -> None:
+    g = generator(tokens, int(interleaved), head_dim, rotary_dim, int(position_scale))
+    # q and k as views of one fused QKV row, as a layer would pass them.
+    qkv = torch.randn(tokens, (9 + 3 + 3) * head_dim, generator=g)
+    q = qkv[:, : 9 * head_dim].view(tokens, 9, head_dim)
+    k = qkv[:, 9 * head_dim : 12 * head_dim].view(tokens, 3, head_dim)
+    positions = torch.randint(0, 40000, (tokens,), generator=g)
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, rotary_dim, 2).float() / rotary_dim))
+    ref_q, ref_k = q.clone(), k.clone()
+    REF.rope_(ref_q, ref_k, positions, inv_freq, rotary_dim, interleaved, position_scale)
+    v_before = qkv[:, 12 * head_dim :].clone()
+    native.rope_(q, k, positions, inv_freq, rotary_dim, interleaved, position_scale)
+    assert_fp32_close(q, ref_q, magnitude(qkv))
+    assert_fp32_close(k, ref_k, magnitude(qkv))
+    assert torch.equal(qkv[:, 12 * head_dim :], v_before)  # v untouched
+    # Dims past rotary_dim are left exactly as they were.
+    assert torch.equal(q[..., rotary_dim:], ref_q[..., rotary_dim:])
+
+
+def test_rope_matches_the_rotary_layer() -> None:
+    from ember.config import RopeConfig
+    from ember.layers.rotary import RotaryEmbedding
+
+    rotary = RotaryEmbedding(64, RopeConfig(theta=10000.0, linear_factor=4.0), interleaved=True)
+    g = generator(11)
+    q, k = torch.randn(5, 4, 64, generator=g), torch.randn(5, 2, 64, generator=g)
+    positions = torch.arange(100, 105)
+    cos, sin = rotary.cos_sin(positions)
+    expected_q, expected_k = rotary.apply(q, cos, sin), rotary.apply(k, cos, sin)
+    REF.rope_(q, k, positions, rotary.inv_freq, 64, True, 4.0)
+    assert torch.equal(q, expected_q) and torch.equal(k, expected_k)
+
+
+# ---- KV cache ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_write_kv_is_exact(native: fused.FusedOps, dtype: torch.dtype) -> None:
+    g = generator(5)
+    k_cache, v_cache = torch.zeros(40, 3, 64, dtype=dtype), torch.zeros(40, 3, 64, dtype=dtype)
+    ref_k_cache, ref_v_cache = k_cache.clone(), v_cache.clone()
+    qkv = torch.randn(17, (9 + 6) * 64, generator=g)
+    k = qkv[:, 9 * 64 : 12 * 64].view(17, 3, 64)
+    v = qkv[:, 12 * 64 :].view(17, 3, 64)
+    native.write_kv_(k_cache, v_cache, k, v, 20)
+    REF.write_kv_(ref_k_cache, ref_v_cache, k, v, 20)
+    assert torch.equal(k_cache, ref_k_cache) and torch.equal(v_cache, ref_v_cache)
+
+
+def test_write_kv_overflow_is_refused(native: fused.FusedOps) -> None:
+    cache = torch.zeros(4, 1, 16)
+    k = torch.zeros(2, 1, 16)
+    with pytest.raises(RuntimeError, match="overflows a cache of 4"):
+        native.write_kv_(cache, cache.clone(), k, k, 3)
+
+
+# ---- attention ---------------------------------------------------------------------------------
+
+HEAD_SHAPES = [(9, 3, 64), (4, 1, 256), (6, 2, 40)]  # SmolLM2, Gemma 3, Dh not a multiple of 16
+
+
+def attention_case(
+    tokens: int, keys: int, heads: tuple[int, int, int], dtype: torch.dtype, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """q at positions keys-T .. keys-1; caches with spare slots full of NaN (never read)."""
+    q_heads, kv_heads, dim = heads
+    g = generator(tokens, keys, q_heads, dim, seed)
+    capacity = keys + 9
+    q = torch.randn(tokens, q_heads, dim, generator=g)
+    k_cache = torch.full((capacity, kv_heads, dim), float("nan"), dtype=dtype)
+    v_cache = k_cache.clone()
+    k_cache[:keys] = (torch.randn(keys, kv_heads, dim, generator=g) * 2).to(dtype)
+    v_cache[:keys] = torch.randn(keys, kv_heads, dim, generator=g).to(dtype)
+    return q, k_cache, v_cache, keys - tokens
+
+
+# Queries are the last positions of the cache, so keys >= tokens.
+@pytest.mark.parametrize(
+    ("tokens", "keys"), [(t, s) for t in (1, 3, 17) for s in (1, 5, 600, 4100) if s >= t]
+)
+@pytest.mark.parametrize("window", [0, 7, 512])
+@pytest.mark.parametrize("heads", HEAD_SHAPES)
+def test_decode_attention(
+    native: fused.FusedOps, tokens: int, keys: int, window: int, heads: tuple[int, int, int]
+) -> None:
+    q, k_cache, v_cache, start = attention_case(tokens, keys, heads, torch.float32, 0)
+    scale = heads[2] ** -0.5
+    expected = REF.decode_attention(q, k_cache, v_cache, start, scale, window)
+    got = native.decode_attention(q, k_cache, v_cache, start, scale, window)
+    assert got.is_contiguous() and not got.isnan().any()
+    assert_fp32_close(got, expected, magnitude(v_cache[:keys]))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("tokens", "keys", "window"), [(1, 600, 0), (3, 4100, 512), (17, 40, 7)])
+def test_decode_attention_over_half_precision_caches(
+    native: fused.FusedOps, dtype: torch.dtype, tokens: int, keys: int, window: int
+) -> None:
+    q, k_cache, v_cache, start = attention_case(tokens, keys, (9, 3, 64), dtype, 1)
+    expected = REF.decode_attention(q, k_cache, v_cache, start, 0.125, window)
+    got = native.decode_attention(q, k_cache, v_cache, start, 0.125, window)
+    assert_fp32_close(got, expected, magnitude(v_cache[:keys].float()))
+
+
+def test_decode_attention_reads_strided_queries_and_head_major_caches(
+    native: fused.FusedOps,
+) -> None:
+    g = generator(3)
+    qkv = torch.randn(3, (4 + 2) * 64, generator=g)
+    q = qkv[:, : 4 * 64].view(3, 4, 64)
+    # A cache stored [kv_heads, slots, head_dim], passed as a [slots, kv_heads, head_dim] view.
+    k_cache = torch.randn(1, 300, 64, generator=g).transpose(0, 1)
+    v_cache = torch.randn(1, 300, 64, generator=g).transpose(0, 1)
+    expected = REF.decode_attention(q, k_cache, v_cache, 250, 0.125, 0)
+    got = native.decode_attention(q, k_cache, v_cache, 250, 0.125, 0)
+    assert_fp32_close(got, expected, magnitude(v_cache))
+
+
+def test_attention_reference_matches_the_layer() -> None:
+    from ember.layers import attention
+
+    causal_attention = getattr(attention, "causal_attention", None)
+    if causal_attention is None:
+        pytest.skip("ember.layers.attention.causal_attention is gone")
+    q, k_cache, v_cache, start = attention_case(3, 600, (9, 3, 64), torch.float32, 2)
+    for window in (0, 7):
+        expected = causal_attention(
+            q, k_cache[: start + 3], v_cache[: start + 3], start, 0.125, window or None
+        )
+        got = REF.decode_attention(q, k_cache, v_cache, start, 0.125, window)
+        assert torch.equal(got, expected)
+
+
+def test_decode_attention_refuses_queries_past_the_cache(native: fused.FusedOps) -> None:
+    q, k_cache, v_cache, _ = attention_case(3, 5, (9, 3, 64), torch.float32, 0)
+    with pytest.raises(RuntimeError, match="does not hold"):
+        native.decode_attention(q, k_cache, v_cache, k_cache.shape[0] - 2, 0.125, 0)
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+@pytest.mark.parametrize("tokens", [1, 17])
+def test_cached_attention(native: fused.FusedOps, qk_norm: bool, tokens: int) -> None:
+    q_heads, kv_heads, dim = 4, 1, 256
+    g = generator(tokens, int(qk_norm))
+    start = 530
+    qkv = torch.randn(tokens, (q_heads + 2 * kv_heads) * dim, generator=g)
+    k_cache = torch.randn(start + tokens + 5, kv_heads, dim, generator=g)
+    v_cache = torch.randn(start + tokens + 5, kv_heads, dim, generator=g)
+    norms = (torch.rand(dim, generator=g) + 0.5, torch.rand(dim, generator=g) + 0.5)
+    q_norm, k_norm = norms if qk_norm else (None, None)
+    positions = torch.arange(start, start + tokens)
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, dim, 2).float() / dim))
+
+    def run(ops: fused.FusedOps) -> tuple[torch.Tensor, ...]:
+        buffer, kc, vc = qkv.clone(), k_cache.clone(), v_cache.clone()
+        q = buffer[:, : q_heads * dim].view(tokens, q_heads, dim)
+        k = buffer[:, q_heads * dim : (q_heads + kv_heads) * dim].view(tokens, kv_heads, dim)
+        v = buffer[:, (q_heads + kv_heads) * dim :].view(tokens, kv_heads, dim)
+        out = ops.cached_attention(
+            q, k, v, kc, vc, positions, inv_freq, dim, False, 1.0, start, dim**-0.5, 512,
+            q_norm, k_norm, 1e-6,
+        )  # fmt: skip
+        return out, buffer, kc, vc
+
+    got, expected = run(native), run(REF)
+    for actual, wanted in zip(got, expected, strict=True):
+        assert_fp32_close(actual, wanted, magnitude(wanted))
+
+
+# ---- the switch --------------------------------------------------------------------------------
+
+
+def test_wrappers_run_the_reference_with_ember_no_kernels(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("EMBER_NO_KERNELS", "1")
+
+    def must_not_load() -> bool:
+        raise AssertionError("the library was loaded despite EMBER_NO_KERNELS")
+
+    monkeypatch.setattr(kernels, "_library_loaded", must_not_load)
+    with caplog.at_level(logging.INFO, logger="ember.kernels"):
+        assert fused.select_ops() == REF
+        check_wrappers_equal_reference()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_wrappers_run_the_reference_when_the_library_cannot_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("EMBER_NO_KERNELS", raising=False)
+    monkeypatch.setattr(kernels, "_library_loaded", lambda: False)
+    assert fused.select_ops() == REF
+    check_wrappers_equal_reference()
+
+
+def test_wrappers_use_the_native_ops_when_available(native: fused.FusedOps) -> None:
+    assert fused.select_ops() is native
+    assert native.rms_norm is torch.ops.ember.rms_norm.default
+
+
+def check_wrappers_equal_reference() -> None:
+    """Every module-level wrapper gives exactly what the reference gives."""
+    g = generator(99)
+    x, residual = torch.randn(3, 64, generator=g), torch.randn(3, 64, generator=g)
+    weight, x_weight = torch.randn(64, generator=g), torch.randn(64, generator=g)
+    assert torch.equal(fused.rms_norm(x, weight, 1e-6), REF.rms_norm(x, weight, 1e-6))
+    for got, want in zip(
+        fused.add_rms_norm(x, residual, weight, 1e-6),
+        REF.add_rms_norm(x, residual, weight, 1e-6),
+        strict=True,
+    ):
+        assert torch.equal(got, want)
+    for got, want in zip(
+        fused.norm_add_rms_norm(x, residual, x_weight, weight, 1e-6),
+        REF.norm_add_rms_norm(x, residual, x_weight, weight, 1e-6),
+        strict=True,
+    ):
+        assert torch.equal(got, want)
+    assert torch.equal(fused.silu_mul(x), REF.silu_mul(x))
+    assert torch.equal(fused.gelu_tanh_mul(x), REF.gelu_tanh_mul(x))
+
+    q, k_cache, v_cache, start = attention_case(3, 40, (4, 2, 16), torch.float32, 4)
+    assert torch.equal(
+        fused.decode_attention(q, k_cache, v_cache, start, 0.25, 7),
+        REF.decode_attention(q, k_cache, v_cache, start, 0.25, 7),
+    )
+    positions, inv_freq = torch.arange(3), torch.rand(8)
+    k = torch.randn(3, 2, 16, generator=g)
+    q1, k1, q2, k2 = q.clone(), k.clone(), q.clone(), k.clone()
+    fused.rope_(q1, k1, positions, inv_freq, 16, False, 1.0)
+    REF.rope_(q2, k2, positions, inv_freq, 16, False, 1.0)
+    assert torch.equal(q1, q2) and torch.equal(k1, k2)
+    kc1, vc1, kc2, vc2 = (torch.zeros(5, 2, 16) for _ in range(4))
+    fused.write_kv_(kc1, vc1, k, k, 2)
+    REF.write_kv_(kc2, vc2, k, k, 2)
+    assert torch.equal(kc1, kc2) and torch.equal(vc1, vc2)
+    args = (positions, inv_freq, 16, False, 1.0, 0, 0.25, 0)
+    out1 = fused.cached_attention(q1, k1, k, kc1, vc1, *args)
+    out2 = REF.cached_attention(q2, k2, k, kc2, vc2, *args)
+    assert torch.equal(out1, out2)
