@@ -16,6 +16,9 @@
 #include "blocks.h"
 #include "ember_kernels.h"
 
+#ifndef KQACT
+#define KQACT 32
+#endif
 namespace ember {
 namespace {
 
@@ -44,9 +47,9 @@ bool layout_of(int64_t qtype, Layout* layout) {
     case kQ5_0: *layout = {32, 32, 16, false}; return true;
     case kQ5_1: *layout = {32, 32, 0, true}; return true;
     case kQ8_0: *layout = {32, 32, 128, false}; return true;
-    case kQ4_K: *layout = {32, 256, 0, true}; return true;
-    case kQ5_K: *layout = {32, 256, 0, true}; return true;
-    case kQ6_K: *layout = {16, 256, 32, false}; return true;
+    case kQ4_K: *layout = {32, KQACT, 0, true}; return true;
+    case kQ5_K: *layout = {32, KQACT, 0, true}; return true;
+    case kQ6_K: *layout = {16, KQACT, 32, false}; return true;
     default: return false;
   }
 }
@@ -214,7 +217,9 @@ void quantize_row(const Layout& l, const float* x, int64_t K, int64_t row, const
   float* scale = a.scale + row * a.n_scales;
   int32_t* corr = a.corr + row * a.n_scales;
   float* sum = a.sum + row * a.n_scales;
-  if (l.scale_block == 16) {
+  if (l.scale_block == 16 && l.act_block == 32) {
+    quantize_row<16, 32>(l.offset, x, K, q, scale, corr, sum);
+  } else if (l.scale_block == 16) {
     quantize_row<16, 256>(l.offset, x, K, q, scale, corr, sum);
   } else if (l.act_block == 256) {
     quantize_row<32, 256>(l.offset, x, K, q, scale, corr, sum);
