@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ember.config import ModelConfig
+from ember.kernels.fused import select_ops
 from ember.layers.norm import RMSNorm
 from ember.layers.rotary import RotaryEmbedding
 from ember.loader.weights import WeightStore
@@ -157,6 +158,7 @@ class SelfAttention:
             q_weight = store.take(f"{prefix}.attn_q_norm.weight").to_float() + norm_offset
             k_weight = store.take(f"{prefix}.attn_k_norm.weight").to_float() + norm_offset
             self.q_norm, self.k_norm = RMSNorm(q_weight, eps), RMSNorm(k_weight, eps)
+        self.ops = select_ops()
         self.sliding = config.is_sliding(layer)
         self.window = config.sliding_window if self.sliding else None
         self.scale = config.scale
@@ -167,29 +169,57 @@ class SelfAttention:
         cache: SequenceKVCache,
         start: int,
         rotary: RotaryEmbedding,
-        cos_sin: tuple[torch.Tensor, torch.Tensor],
+        positions: torch.Tensor,
     ) -> torch.Tensor:
-        # x: [T, hidden]
+        # x: [T, hidden]; positions: [T] int64 = start .. start+T-1
         num_tokens = x.shape[0]
         if self.qkv is not None:
             q, k, v = self.qkv(x).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = q.reshape(num_tokens, self.num_heads, self.head_dim)
-        k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)
-        v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        cos, sin = cos_sin
-        q, k = rotary.apply(q, cos, sin), rotary.apply(k, cos, sin)
-        cache.write(self.layer, start, k, v)
-        end = start + num_tokens
-        out = causal_attention(
-            q,
-            cache.keys[self.layer][:end],
-            cache.values[self.layer][:end],
-            start,
-            self.scale,
-            self.window,
-        )
+        # Views into the projection's output (only the last dim need be contiguous).
+        q = q.view(num_tokens, self.num_heads, self.head_dim)
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        keys, values = cache.keys[self.layer], cache.values[self.layer]
+        if num_tokens <= FUSED_ATTENTION_MAX_TOKENS:
+            # Decode: QK-norm, RoPE, cache write and attention in one native call.
+            out = self.ops.cached_attention(
+                q,
+                k,
+                v,
+                keys,
+                values,
+                positions,
+                rotary.inv_freq,
+                rotary.rotary_dim,
+                rotary.interleaved,
+                rotary.linear_factor,
+                start,
+                self.scale,
+                self.window or 0,
+                self.q_norm.weight if self.q_norm is not None else None,
+                self.k_norm.weight if self.k_norm is not None else None,
+                self.q_norm.eps if self.q_norm is not None else 1e-6,
+            )
+        else:
+            if self.q_norm is not None and self.k_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            self.ops.rope_(
+                q,
+                k,
+                positions,
+                rotary.inv_freq,
+                rotary.rotary_dim,
+                rotary.interleaved,
+                rotary.linear_factor,
+            )
+            self.ops.write_kv_(keys, values, k, v, start)
+            end = start + num_tokens
+            out = causal_attention(q, keys[:end], values[:end], start, self.scale, self.window)
         return self.o_proj(out.reshape(num_tokens, self.q_size))
+
+
+# Up to this many new tokens (decode, short verification) the fused native attention, which
+# reads the cache once per query, beats SDPA; longer prompts go through SDPA's tiled kernels.
+FUSED_ATTENTION_MAX_TOKENS = 16

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
+from ember.layers.activation import ActAndMul
 from ember.layers.linear import QuantLinear
 from ember.loader.weights import WeightStore
-
-# act_and_mul(gate_up [T, 2F]) -> [T, F]: gate in the first half, up in the second.
-ActAndMul = Callable[[torch.Tensor], torch.Tensor]
 
 
 class GatedMLP:

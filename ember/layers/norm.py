@@ -1,10 +1,10 @@
-"""RMS normalisation."""
+"""RMS normalisation (native fused op when available, else its torch twin)."""
 
 from __future__ import annotations
 
 import torch
 
-from ember.layers import ops as fused
+from ember.kernels.fused import select_ops
 
 
 class RMSNorm:
@@ -16,12 +16,19 @@ class RMSNorm:
     def __init__(self, weight: torch.Tensor, eps: float) -> None:
         self.weight = weight.float().contiguous()  # [dim]
         self.eps = eps
+        self.ops = select_ops()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return fused.rms_norm(x, self.weight, self.eps)
+        return self.ops.rms_norm(x, self.weight, self.eps)
 
     def add_and_norm(
         self, x: torch.Tensor, residual: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(norm(x + residual), x + residual): the residual add fused into the norm."""
-        return fused.add_rms_norm(x, residual, self.weight, self.eps)
+        return self.ops.add_rms_norm(x, residual, self.weight, self.eps)
+
+    def norm_add_and_norm(
+        self, x: torch.Tensor, x_norm: RMSNorm, residual: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sandwich norms (Gemma): h = residual + x_norm(x); returns (norm(h), h)."""
+        return self.ops.norm_add_rms_norm(x, residual, x_norm.weight, self.weight, self.eps)

@@ -27,7 +27,7 @@ class Block(Protocol):
         cache: SequenceKVCache,
         start: int,
         rotary: RotaryEmbedding,
-        cos_sin: tuple[torch.Tensor, torch.Tensor],
+        positions: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
@@ -75,23 +75,14 @@ class DecoderLM:
     @torch.inference_mode()
     def __call__(self, token_ids: torch.Tensor, cache: SequenceKVCache, start: int) -> torch.Tensor:
         """Run tokens at positions [start, start+T) of one sequence -> final hidden [T, hidden]."""
-        positions = torch.arange(start, start + token_ids.shape[0])
+        positions = torch.arange(start, start + token_ids.shape[0])  # int64
         x = self.embed(token_ids)
         if self.config.embedding_scale != 1.0:
             x = x * self.config.embedding_scale
-        global_cs = self.rotary_global.cos_sin(positions)
-        local_cs = (
-            self.rotary_local.cos_sin(positions)
-            if self.rotary_local is not self.rotary_global
-            else global_cs
-        )
         residual: torch.Tensor | None = None
         for index, block in enumerate(self.layers):
-            sliding = self.config.is_sliding(index)
-            rotary = self.rotary_local if sliding else self.rotary_global
-            x, residual = block(
-                x, residual, cache, start, rotary, local_cs if sliding else global_cs
-            )
+            rotary = self.rotary_local if self.config.is_sliding(index) else self.rotary_global
+            x, residual = block(x, residual, cache, start, rotary, positions)
         cache.length = start + token_ids.shape[0]
         if residual is None:  # a model with no layers
             return self.norm(x)

@@ -45,7 +45,7 @@ class Gemma3Block:
         self.attn = SelfAttention(store, prefix, layer, config, norm_offset=offset)
         self.post_attn_norm = norm("post_attention_norm")
         self.ffn_norm = norm("ffn_norm")
-        self.mlp = GatedMLP(store, prefix, gelu_tanh_and_mul)
+        self.mlp = GatedMLP(store, prefix, gelu_tanh_and_mul())
         self.post_ffn_norm = norm("post_ffw_norm")
 
     def __call__(
@@ -55,15 +55,15 @@ class Gemma3Block:
         cache: SequenceKVCache,
         start: int,
         rotary: RotaryEmbedding,
-        cos_sin: tuple[torch.Tensor, torch.Tensor],
+        positions: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # Sandwich norms: x + post_norm(sublayer(pre_norm(x))), for attention and the MLP.
         if residual is None:
             residual, hidden = hidden, self.attn_norm(hidden)
         else:
             hidden, residual = self.attn_norm.add_and_norm(hidden, residual)
-        hidden = self.post_attn_norm(self.attn(hidden, cache, start, rotary, cos_sin))
-        hidden, residual = self.ffn_norm.add_and_norm(hidden, residual)
+        hidden = self.attn(hidden, cache, start, rotary, positions)
+        hidden, residual = self.ffn_norm.norm_add_and_norm(hidden, self.post_attn_norm, residual)
         return self.post_ffn_norm(self.mlp(hidden)), residual
 
 

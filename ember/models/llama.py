@@ -29,7 +29,7 @@ class LlamaBlock:
         self.attn_norm = RMSNorm(store.take(f"{prefix}.attn_norm.weight").to_float(), eps)
         self.attn = SelfAttention(store, prefix, layer, config)
         self.ffn_norm = RMSNorm(store.take(f"{prefix}.ffn_norm.weight").to_float(), eps)
-        self.mlp = GatedMLP(store, prefix, silu_and_mul)
+        self.mlp = GatedMLP(store, prefix, silu_and_mul())
 
     def __call__(
         self,
@@ -38,7 +38,7 @@ class LlamaBlock:
         cache: SequenceKVCache,
         start: int,
         rotary: RotaryEmbedding,
-        cos_sin: tuple[torch.Tensor, torch.Tensor],
+        positions: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(sub-block output, residual stream) in and out: each norm also adds the previous
         sub-block's output to the residual stream, in one pass."""
@@ -46,7 +46,7 @@ class LlamaBlock:
             residual, hidden = hidden, self.attn_norm(hidden)
         else:
             hidden, residual = self.attn_norm.add_and_norm(hidden, residual)
-        hidden = self.attn(hidden, cache, start, rotary, cos_sin)
+        hidden = self.attn(hidden, cache, start, rotary, positions)
         hidden, residual = self.ffn_norm.add_and_norm(hidden, residual)
         return self.mlp(hidden), residual
 
