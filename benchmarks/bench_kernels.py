@@ -1,7 +1,8 @@
 """Quantized matmul kernels: every native path vs the reference vs torch's bf16 matmul.
 
-Paths: auto (what models use), the streaming int8 gemv, the int8 GEMM (weight panels unpacked
-to int8, vpdpbusd) and the bf16 tile GEMM (weight tiles dequantized to bf16, vdpbf16ps).
+Paths: auto (what models use: the gemv or the int8 GEMM up to 16 rows, the bf16 GEMM above),
+the streaming int8 gemv, the int8 GEMM (weight panels unpacked to int8, vpdpbusd) and the bf16
+tile GEMM (weight tiles dequantized to bf16, vdpbf16ps).
 Prints microseconds per call, the auto path's GMAC/s (M * K * N multiply-adds per second) and
 its weight-streaming rate (GB/s of quantized weight bytes per call), and the int8 GEMM's speed
 over the bf16 GEMM and over torch's bf16 matmul on pre-dequantized weights.

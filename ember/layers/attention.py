@@ -65,7 +65,8 @@ def causal_attention(
     reaches and no [T, S] mask larger than a chunk's is ever built.
     """
     num_tokens = q.shape[0]
-    if num_tokens <= QUERY_CHUNK:
+    if num_tokens <= QUERY_CHUNK or (start == 0 and sliding_window is None):
+        # One call: SDPA's fused causal kernel never builds a [T, S] mask.
         return _attend(q, keys, values, start, scale, sliding_window)
     outputs = []
     for offset in range(0, num_tokens, QUERY_CHUNK):

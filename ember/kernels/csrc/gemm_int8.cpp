@@ -1,5 +1,6 @@
-// Large-M matmul in int8: activations quantized per block (as the integer path does), weights
-// unpacked panel by panel to int8 codes in VNNI order, and a register-blocked vpdpbusd kernel.
+// Batched matmul in int8: activations quantized to int8 with one scale per 32 values, weights
+// unpacked panel by panel to int8 codes in VNNI order, and a register-blocked vpdpbusd kernel
+// (64 multiply-adds per instruction, twice vdpbf16ps's 32).
 //
 // A panel is 64 weight rows. Its codes are stored group-major: for each group of 4 k values,
 // 64 rows x 4 bytes (one 64-byte vector per 16 rows), so one vector load feeds 16 output
@@ -16,9 +17,6 @@
 #include "blocks.h"
 #include "ember_kernels.h"
 
-#ifndef KQACT
-#define KQACT 32
-#endif
 namespace ember {
 namespace {
 
@@ -32,24 +30,26 @@ constexpr int kMaxRows = 6;                  // activation rows per kernel call
 int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
 int64_t aligned(int64_t bytes) { return round_up(bytes, 64); }
 
-// How one GGML type looks to the int8 GEMM.
+// How one GGML type looks to the int8 GEMM. Activations get one scale per 32 values for every
+// type: for the K-quants that is finer than llama.cpp's Q8_K (one per 256), which halves the
+// output error on Gemma-3's activations at no cost here (the kernel applies a scale product per
+// block anyway).
 struct Layout {
   int scale_block;  // weights per (scale, min) pair: 32, or 16 for Q6_K
-  int act_block;    // activation values per scale: 32, or 256 for the K-quants (like Q8_K)
-  int offset;       // code offset (w = scale * (code - offset) [+ min])
+  int offset;       // code offset: w = scale * (code - offset) [+ min]
   bool has_min;
 };
 
 bool layout_of(int64_t qtype, Layout* layout) {
   switch (qtype) {
-    case kQ4_0: *layout = {32, 32, 8, false}; return true;
-    case kQ4_1: *layout = {32, 32, 0, true}; return true;
-    case kQ5_0: *layout = {32, 32, 16, false}; return true;
-    case kQ5_1: *layout = {32, 32, 0, true}; return true;
-    case kQ8_0: *layout = {32, 32, 128, false}; return true;
-    case kQ4_K: *layout = {32, KQACT, 0, true}; return true;
-    case kQ5_K: *layout = {32, KQACT, 0, true}; return true;
-    case kQ6_K: *layout = {16, KQACT, 32, false}; return true;
+    case kQ4_0: *layout = {32, 8, false}; return true;
+    case kQ4_1: *layout = {32, 0, true}; return true;
+    case kQ5_0: *layout = {32, 16, false}; return true;
+    case kQ5_1: *layout = {32, 0, true}; return true;
+    case kQ8_0: *layout = {32, 128, false}; return true;
+    case kQ4_K: *layout = {32, 0, true}; return true;
+    case kQ5_K: *layout = {32, 0, true}; return true;
+    case kQ6_K: *layout = {16, 32, false}; return true;
     default: return false;
   }
 }
@@ -57,46 +57,46 @@ bool layout_of(int64_t qtype, Layout* layout) {
 // ---- quantized activations ----
 // For `rows` rows: int8 q [rows][Kp] | float scale [rows][S] | int32 -offset * sum(q) [rows][S]
 // | float scale * sum(q) [rows][S], with S = K / scale_block and Kp = K rounded up to 64.
-struct Acts {
-  const int8_t* q;
-  const float* scale;
-  const int32_t* corr;
-  const float* sum;
+// (Q6_K's 16-value scale blocks share their 32-value activation block's scale.)
+template <class Int8, class Float, class Int32>
+struct ActsOf {
+  Int8* q;
+  Float* scale;
+  Int32* corr;
+  Float* sum;
   int64_t kp, n_scales;
 };
-
-struct ActsMut {
-  int8_t* q;
-  float* scale;
-  int32_t* corr;
-  float* sum;
-  int64_t kp, n_scales;
-};
+using Acts = ActsOf<const int8_t, const float, const int32_t>;
+using ActsMut = ActsOf<int8_t, float, int32_t>;
 
 ActsMut acts_view(const Layout& l, uint8_t* base, int64_t rows, int64_t K) {
   ActsMut a;
   a.kp = round_up(K, 64);
   a.n_scales = K / l.scale_block;
-  const int64_t table = aligned(rows * a.n_scales * 4);
+  const int64_t codes = aligned(rows * a.kp), table = aligned(rows * a.n_scales * 4);
   a.q = reinterpret_cast<int8_t*>(base);
-  a.scale = reinterpret_cast<float*>(base + aligned(rows * a.kp));
-  a.corr = reinterpret_cast<int32_t*>(base + aligned(rows * a.kp) + table);
-  a.sum = reinterpret_cast<float*>(base + aligned(rows * a.kp) + 2 * table);
+  a.scale = reinterpret_cast<float*>(base + codes);
+  a.corr = reinterpret_cast<int32_t*>(base + codes + table);
+  a.sum = reinterpret_cast<float*>(base + codes + 2 * table);
   return a;
 }
 
-// Lane i of the result = op over the 16 lanes of v[i] (order kept: 45 shuffles/ops for 16).
+// Lane i of the result = op over the 16 lanes of v[i], in order (45 shuffles and ops for 16).
 template <class Op>
 EMBER_INLINE __m512 fold16(const __m512* v, Op op) {
   __m512 t[8], u[4];
   for (int i = 0; i < 8; ++i)
-    t[i] = op(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    t[i] = op(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+              _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
   for (int i = 0; i < 4; ++i) {
     const __m512d a = _mm512_castps_pd(t[2 * i]), b = _mm512_castps_pd(t[2 * i + 1]);
-    u[i] = op(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    u[i] = op(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+              _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
   }
-  const __m512 w0 = op(_mm512_shuffle_f32x4(u[0], u[1], 0x44), _mm512_shuffle_f32x4(u[0], u[1], 0xEE));
-  const __m512 w1 = op(_mm512_shuffle_f32x4(u[2], u[3], 0x44), _mm512_shuffle_f32x4(u[2], u[3], 0xEE));
+  const __m512 w0 =
+      op(_mm512_shuffle_f32x4(u[0], u[1], 0x44), _mm512_shuffle_f32x4(u[0], u[1], 0xEE));
+  const __m512 w1 =
+      op(_mm512_shuffle_f32x4(u[2], u[3], 0x44), _mm512_shuffle_f32x4(u[2], u[3], 0xEE));
   return op(_mm512_shuffle_f32x4(w0, w1, 0x88), _mm512_shuffle_f32x4(w0, w1, 0xDD));
 }
 
@@ -109,107 +109,86 @@ struct AddIntOp {
   }
 };
 
-// (d, 1/d) for an absolute maximum, with 1/d = 0 for an all-zero block.
-EMBER_INLINE void scales_of(__m512 amax, __m512* d, __m512* inv) {
-  *d = _mm512_div_ps(amax, _mm512_set1_ps(127.0f));
-  *inv = _mm512_maskz_div_ps(_mm512_cmp_ps_mask(amax, _mm512_setzero_ps(), _CMP_GT_OQ),
-                             _mm512_set1_ps(127.0f), amax);
-}
-
-// kVecs * 16 values of a row (at most 512: 16 blocks of 32, or two super-blocks). The
-// per-block maxima and sums come out of 16-way folds instead of one horizontal reduction per
-// block; vectors past kVecs are compile-time zeros.
-template <int kScaleBlock, int kActBlock, int kVecs>
+// kVecs * 16 values of a row (at most 512: 16 activation blocks). The blocks' maxima and sums
+// come out of 16-way folds instead of one horizontal reduction per block; vectors past kVecs
+// are compile-time zeros. Same arithmetic as the integer path's quantizer (scale amax / 127,
+// values rounded to nearest even).
+template <int kScaleBlock, int kVecs>
 EMBER_INLINE void quantize_chunk(int offset, const float* x, int8_t* q, float* scale,
                                  int32_t* corr, float* sum) {
-  static_assert(kVecs % 2 == 0 && kVecs <= 32 && (kActBlock == 32 || kVecs % 16 == 0));
+  static_assert(kVecs % 2 == 0 && kVecs <= 32);
   auto load = [&](int i) { return i < kVecs ? _mm512_loadu_ps(x + 16 * i) : _mm512_setzero_ps(); };
-  // Per vector: its activation block's scale and reciprocal.
-  alignas(64) float d_of[32], inv_of[32];
-  if constexpr (kActBlock == 32) {
-    __m512 m[16];
+  __m512 block_max[16];
 #pragma GCC unroll 16
-    for (int b = 0; b < 16; ++b)
-      m[b] = _mm512_max_ps(_mm512_abs_ps(load(2 * b)), _mm512_abs_ps(load(2 * b + 1)));
-    __m512 d, inv;
-    scales_of(fold16(m, MaxOp{}), &d, &inv);
-    const __m512i lo_half = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
-    const __m512i hi_half = _mm512_add_epi32(lo_half, _mm512_set1_epi32(8));
-    _mm512_store_ps(d_of, _mm512_permutexvar_ps(lo_half, d));
-    _mm512_store_ps(d_of + 16, _mm512_permutexvar_ps(hi_half, d));
-    _mm512_store_ps(inv_of, _mm512_permutexvar_ps(lo_half, inv));
-    _mm512_store_ps(inv_of + 16, _mm512_permutexvar_ps(hi_half, inv));
-  } else {
-    for (int h = 0; h < kVecs / 16; ++h) {
-      __m512 m = _mm512_setzero_ps();
-#pragma GCC unroll 16
-      for (int i = 16 * h; i < 16 * h + 16; ++i) m = _mm512_max_ps(m, _mm512_abs_ps(load(i)));
-      __m512 d, inv;
-      scales_of(_mm512_set1_ps(_mm512_reduce_max_ps(m)), &d, &inv);
-      _mm512_store_ps(d_of + 16 * h, d);
-      _mm512_store_ps(inv_of + 16 * h, inv);
-    }
-  }
-  // Quantize; keep the int32 values' sums per 16 (kScaleBlock 16) or per 32.
+  for (int b = 0; b < 16; ++b)
+    block_max[b] = _mm512_max_ps(_mm512_abs_ps(load(2 * b)), _mm512_abs_ps(load(2 * b + 1)));
+  const __m512 amax = fold16(block_max, MaxOp{});
+  const __m512 d = _mm512_div_ps(amax, _mm512_set1_ps(127.0f));
+  const __m512 inv = _mm512_maskz_div_ps(_mm512_cmp_ps_mask(amax, _mm512_setzero_ps(), _CMP_GT_OQ),
+                                         _mm512_set1_ps(127.0f), amax);
+  alignas(64) float inv_of[16];
+  _mm512_store_ps(inv_of, inv);
+  // Integer sums per scale block: per 32 values, or per 16 for kScaleBlock 16.
   __m512 part[32];
-#pragma GCC unroll 32
-  for (int i = 0; i < 32; i += 2) {
-    if (i >= kVecs) {
-      part[kScaleBlock == 16 ? i : i / 2] = _mm512_setzero_ps();
-      if (kScaleBlock == 16) part[i + 1] = _mm512_setzero_ps();
+#pragma GCC unroll 16
+  for (int b = 0; b < 16; ++b) {
+    if (2 * b >= kVecs) {
+      if constexpr (kScaleBlock == 16) {
+        part[2 * b] = part[2 * b + 1] = _mm512_setzero_ps();
+      } else {
+        part[b] = _mm512_setzero_ps();
+      }
       continue;
     }
-    const __m512i v0 = _mm512_cvtps_epi32(_mm512_mul_ps(load(i), _mm512_set1_ps(inv_of[i])));
-    const __m512i v1 =
-        _mm512_cvtps_epi32(_mm512_mul_ps(load(i + 1), _mm512_set1_ps(inv_of[i + 1])));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + 16 * i),
+    const __m512 scale_b = _mm512_set1_ps(inv_of[b]);
+    const __m512i v0 = _mm512_cvtps_epi32(_mm512_mul_ps(load(2 * b), scale_b));
+    const __m512i v1 = _mm512_cvtps_epi32(_mm512_mul_ps(load(2 * b + 1), scale_b));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + 32 * b),
                         _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtsepi32_epi8(v0)),
                                                 _mm512_cvtsepi32_epi8(v1), 1));
     if constexpr (kScaleBlock == 16) {
-      part[i] = _mm512_castsi512_ps(v0);
-      part[i + 1] = _mm512_castsi512_ps(v1);
+      part[2 * b] = _mm512_castsi512_ps(v0);
+      part[2 * b + 1] = _mm512_castsi512_ps(v1);
     } else {
-      part[i / 2] = _mm512_castsi512_ps(_mm512_add_epi32(v0, v1));
+      part[b] = _mm512_castsi512_ps(_mm512_add_epi32(v0, v1));
     }
   }
-  constexpr int kBlocks = kVecs * 16 / kScaleBlock;  // scale blocks in this chunk
+  constexpr int kBlocks = kVecs * 16 / kScaleBlock;
   for (int f = 0; f < (kBlocks + 15) / 16; ++f) {
-    constexpr int kLast = kBlocks % 16;
-    const __mmask16 mask =
-        (f == kBlocks / 16) ? static_cast<__mmask16>((1u << kLast) - 1) : static_cast<__mmask16>(0xFFFF);
+    const int valid = kBlocks - 16 * f < 16 ? kBlocks - 16 * f : 16;
+    const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
     const __m512i sums = _mm512_castps_si512(fold16(part + 16 * f, AddIntOp{}));
-    // Scale block j of this fold starts at vector 16 f + j (kScaleBlock 16) or 2 j (32).
-    const __m512i even =
-        _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    const __m512 d = kScaleBlock == 16 ? _mm512_load_ps(d_of + 16 * f)
-                                       : _mm512_permutex2var_ps(_mm512_load_ps(d_of), even,
-                                                                _mm512_load_ps(d_of + 16));
-    _mm512_mask_storeu_ps(scale + 16 * f, mask, d);
+    // Scale block j of fold f lies in activation block 8 f + j / 2 (kScaleBlock 16) or j.
+    const __m512 d_of = kScaleBlock == 16
+                            ? _mm512_permutexvar_ps(
+                                  _mm512_add_epi32(_mm512_set1_epi32(8 * f),
+                                                   _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3,
+                                                                    2, 2, 1, 1, 0, 0)),
+                                  d)
+                            : d;
+    _mm512_mask_storeu_ps(scale + 16 * f, mask, d_of);
     _mm512_mask_storeu_epi32(corr + 16 * f, mask,
                              _mm512_mullo_epi32(sums, _mm512_set1_epi32(-offset)));
-    _mm512_mask_storeu_ps(sum + 16 * f, mask, _mm512_mul_ps(d, _mm512_cvtepi32_ps(sums)));
+    _mm512_mask_storeu_ps(sum + 16 * f, mask, _mm512_mul_ps(d_of, _mm512_cvtepi32_ps(sums)));
   }
 }
 
-template <int kScaleBlock, int kActBlock>
+template <int kScaleBlock>
 void quantize_row(int offset, const float* x, int64_t K, int8_t* q, float* scale, int32_t* corr,
                   float* sum) {
   int64_t k = 0;
   auto step = [&](auto vecs) {
     constexpr int kVecs = decltype(vecs)::value;
-    quantize_chunk<kScaleBlock, kActBlock, kVecs>(offset, x + k, q + k, scale + k / kScaleBlock,
-                                                  corr + k / kScaleBlock, sum + k / kScaleBlock);
+    const int64_t s = k / kScaleBlock;
+    quantize_chunk<kScaleBlock, kVecs>(offset, x + k, q + k, scale + s, corr + s, sum + s);
     k += 16 * kVecs;
   };
+  // K is a whole number of 32-value blocks: 512-value chunks, then the rest in binary steps.
   while (K - k >= 512) step(std::integral_constant<int, 32>{});
-  if constexpr (kActBlock == 32) {
-    if (K - k >= 256) step(std::integral_constant<int, 16>{});
-    if (K - k >= 128) step(std::integral_constant<int, 8>{});
-    if (K - k >= 64) step(std::integral_constant<int, 4>{});
-    if (K - k >= 32) step(std::integral_constant<int, 2>{});
-  } else {
-    if (K - k >= 256) step(std::integral_constant<int, 16>{});
-  }
+  if (K - k >= 256) step(std::integral_constant<int, 16>{});
+  if (K - k >= 128) step(std::integral_constant<int, 8>{});
+  if (K - k >= 64) step(std::integral_constant<int, 4>{});
+  if (K - k >= 32) step(std::integral_constant<int, 2>{});
 }
 
 void quantize_row(const Layout& l, const float* x, int64_t K, int64_t row, const ActsMut& a) {
@@ -217,14 +196,10 @@ void quantize_row(const Layout& l, const float* x, int64_t K, int64_t row, const
   float* scale = a.scale + row * a.n_scales;
   int32_t* corr = a.corr + row * a.n_scales;
   float* sum = a.sum + row * a.n_scales;
-  if (l.scale_block == 16 && l.act_block == 32) {
-    quantize_row<16, 32>(l.offset, x, K, q, scale, corr, sum);
-  } else if (l.scale_block == 16) {
-    quantize_row<16, 256>(l.offset, x, K, q, scale, corr, sum);
-  } else if (l.act_block == 256) {
-    quantize_row<32, 256>(l.offset, x, K, q, scale, corr, sum);
+  if (l.scale_block == 16) {
+    quantize_row<16>(l.offset, x, K, q, scale, corr, sum);
   } else {
-    quantize_row<32, 32>(l.offset, x, K, q, scale, corr, sum);
+    quantize_row<32>(l.offset, x, K, q, scale, corr, sum);
   }
   std::memset(q + K, 0, a.kp - K);
 }
@@ -349,6 +324,10 @@ DecodeFn decoder_of(int64_t qtype) {
 }
 
 // ---- the kernel: `Rows` activation rows x 64 columns over the whole K ----
+// 6 x 4 int32 accumulators (24 registers) plus 4 weight vectors and one broadcast fill the 32
+// registers, so the fp32 sums live in a small stack tile (L1), updated once per scale block.
+// On Zen 5 this runs vpdpbusd at ~1.4 per cycle (~330 GMAC/s per core with the data in cache);
+// without the per-block rescale it reaches ~1.9, so the int8 -> fp32 step is the main cost.
 template <int Rows, int kGroups, bool kCorr, bool kMin>
 void kernel(const Acts& a, int64_t m0, const uint8_t* codes, const float* wscale,
             const float* wmin, int64_t n_scales, float* out, int64_t ldo, int64_t n_valid) {
@@ -405,15 +384,16 @@ void kernel(const Acts& a, int64_t m0, const uint8_t* codes, const float* wscale
   for (int m = 0; m < Rows; ++m) {
     float* dst = out + (m0 + m) * ldo;
     if (n_valid == kPanel) {
-      for (int v = 0; v < kVectors; ++v) _mm512_storeu_ps(dst + 16 * v, _mm512_load_ps(c[m] + 16 * v));
+      for (int v = 0; v < kVectors; ++v)
+        _mm512_storeu_ps(dst + 16 * v, _mm512_load_ps(c[m] + 16 * v));
     } else {
       std::memcpy(dst, c[m], n_valid * sizeof(float));
     }
   }
 }
 
-using KernelFn = void (*)(const Acts&, int64_t, const uint8_t*, const float*, const float*, int64_t,
-                          float*, int64_t, int64_t);
+using KernelFn = void (*)(const Acts&, int64_t, const uint8_t*, const float*, const float*,
+                          int64_t, float*, int64_t, int64_t);
 
 template <int kGroups, bool kCorr, bool kMin>
 KernelFn kernel_for_rows(int rows) {
@@ -434,11 +414,6 @@ KernelFn kernel_of(const Layout& l, int rows) {
 }
 
 }  // namespace
-
-bool gemm_i8_supported(int64_t qtype) {
-  Layout l;
-  return layout_of(qtype, &l);
-}
 
 int64_t gemm_i8_acts_bytes(int64_t qtype, int64_t rows, int64_t K) {
   Layout l;
@@ -466,8 +441,9 @@ void gemm_i8_unpack(int64_t qtype, const uint8_t* weights, int64_t row_bytes, in
   const DecodeFn decode = decoder_of(qtype);
   if (!layout_of(qtype, &l) || decode == nullptr) return;
   const PanelMut p = panel_view(l, panel, K);
-  const int64_t n_scales = K / l.scale_block;
   const int64_t valid = n_rows - n0 < kPanel ? n_rows - n0 : kPanel;
+  // Per 16 rows and 256 k: decode each row (codes in natural order), then transpose 4-byte
+  // groups so that each 64-byte vector holds one group of all 16 rows.
   alignas(64) uint8_t rows[16][256];
   for (int v = 0; v < kVectors; ++v) {
     for (int64_t k0 = 0; k0 < K; k0 += 256) {
@@ -496,13 +472,13 @@ void gemm_i8_unpack(int64_t qtype, const uint8_t* weights, int64_t row_bytes, in
       }
     }
   }
-  (void)n_scales;
 }
 
 void gemm_i8_panel(int64_t qtype, const uint8_t* acts, int64_t rows, int64_t K, int64_t m0,
                    int64_t m1, const uint8_t* panel, float* out, int64_t ldo, int64_t n_valid) {
   Layout l;
   if (!layout_of(qtype, &l)) return;
+  // The views are built by the writers' code; nothing here writes through them.
   const ActsMut am = acts_view(l, const_cast<uint8_t*>(acts), rows, K);
   const Acts a{am.q, am.scale, am.corr, am.sum, am.kp, am.n_scales};
   const PanelMut p = panel_view(l, const_cast<uint8_t*>(panel), K);
