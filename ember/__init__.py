@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 # region sleep instead of spinning. With spinning, a 2-thread decode on 2 cores collapses ~20x
 # as soon as another process wants a core (measured: 205 vs 7 ms per SmolLM2 token with one
 # busy process beside it). A user's own setting wins.
+OMP_WAIT_POLICY_SET_BY_EMBER = "OMP_WAIT_POLICY" not in os.environ
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"

@@ -50,3 +50,14 @@ def llama_bin() -> Path:
     if value:
         return Path(value).expanduser()
     return Path.home() / ".cache/llama-cpp-peer/0.3.36/src/vendor/llama.cpp/build/bin"
+
+
+def peer_environment() -> dict[str, str]:
+    """The environment to run another engine in (llama.cpp): without the OpenMP wait policy
+    Ember set for itself, which would slow llama.cpp's own thread pool down."""
+    import ember
+
+    env = dict(os.environ)
+    if ember.OMP_WAIT_POLICY_SET_BY_EMBER:
+        env.pop("OMP_WAIT_POLICY", None)
+    return env

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ember.envs import peer_environment
 from ember.errors import EmberError
 from ember.models.loader import LoadedModel
 
@@ -85,7 +86,9 @@ def llama_bench(
         str(gen_tokens),
     ]
     try:
-        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            command, capture_output=True, text=True, check=True, env=peer_environment()
+        ).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
         raise EmberError(f"llama-bench failed: {exc}") from None
     results = {}

@@ -34,3 +34,9 @@ def test_threads_setting_is_applied() -> None:
     assert (
         _run({"EMBER_NUM_THREADS": "2"}, code.replace("set_threads(1)", "set_threads(None)")) == "2"
     )
+
+
+def test_peer_engines_run_without_embers_wait_policy() -> None:
+    code = "from ember.envs import peer_environment; print('OMP_WAIT_POLICY' in peer_environment())"
+    assert _run({}, code) == "False"
+    assert _run({"OMP_WAIT_POLICY": "ACTIVE"}, code) == "True"
