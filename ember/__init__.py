@@ -6,11 +6,14 @@ import os
 from typing import TYPE_CHECKING, Any
 
 # Before torch (and its OpenMP runtime) loads: threads that finish their share of a parallel
-# region sleep instead of spinning. With spinning, a 2-thread decode on 2 cores collapses ~20x
-# as soon as another process wants a core (measured: 205 vs 7 ms per SmolLM2 token with one
-# busy process beside it). A user's own setting wins.
-OMP_WAIT_POLICY_SET_BY_EMBER = "OMP_WAIT_POLICY" not in os.environ
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# region spin ~30k iterations (tens of microseconds), then sleep. Spinning forever (libgomp's
+# default spins 300k) collapses a 2-thread decode on 2 cores when another process wants a core
+# (measured 205 ms vs 7 ms per SmolLM2 token); sleeping at once (OMP_WAIT_POLICY=PASSIVE)
+# costs 2.5x on an idle machine, since a decode step runs a few hundred short regions.
+# benchmarks/RESULTS.md has the figures. A user's own OpenMP settings win.
+OMP_SETTINGS_BY_EMBER = not ({"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & os.environ.keys())
+if OMP_SETTINGS_BY_EMBER:
+    os.environ["GOMP_SPINCOUNT"] = "30000"
 
 __version__ = "0.1.0"
 

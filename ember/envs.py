@@ -53,11 +53,11 @@ def llama_bin() -> Path:
 
 
 def peer_environment() -> dict[str, str]:
-    """The environment to run another engine in (llama.cpp): without the OpenMP wait policy
-    Ember set for itself, which would slow llama.cpp's own thread pool down."""
+    """The environment to run another engine in (llama.cpp): without the OpenMP spin setting
+    Ember chose for itself, so the peer runs with its own defaults."""
     import ember
 
     env = dict(os.environ)
-    if ember.OMP_WAIT_POLICY_SET_BY_EMBER:
-        env.pop("OMP_WAIT_POLICY", None)
+    if ember.OMP_SETTINGS_BY_EMBER:
+        env.pop("GOMP_SPINCOUNT", None)
     return env

@@ -114,6 +114,7 @@ def test_half_precision_safetensors(tmp_path: Path, dtype: torch.dtype) -> None:
         reference = model(PROMPT).logits[0]
     save_hf(model.to(dtype), tmp_path)
     loaded = load_model_path(tmp_path, with_tokenizer=False)
-    assert loaded.model.layers[0].mlp.gate_up.method.name == {torch.bfloat16: "BF16"}.get(dtype, "F16")
+    expected_type = "BF16" if dtype == torch.bfloat16 else "F16"
+    assert loaded.model.layers[0].mlp.gate_up.method.name == expected_type
     logits = _ember_logits(tmp_path, PROMPT)
     torch.testing.assert_close(logits, reference, atol=2e-4, rtol=1e-4)
