@@ -42,13 +42,6 @@ class SequenceKVCache:
         twin.values = [v.clone() for v in self.values]
         return twin
 
-    def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        end = start + k.shape[0]
-        if end > self.capacity:
-            raise ValueError(f"KV cache overflow: position {end} > capacity {self.capacity}")
-        self.keys[layer][start:end] = k
-        self.values[layer][start:end] = v
-
 
 def causal_attention(
     q: torch.Tensor,
