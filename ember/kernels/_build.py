@@ -94,6 +94,10 @@ def _put_ninja_on_path() -> None:
 
 def _compile(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
+    # Said on stderr, not only logged: the first run otherwise pauses ~10 s without a word.
+    print(
+        "ember: compiling the CPU kernels (first run only, ~10 s)...", file=sys.stderr, flush=True
+    )
     log.info("compiling Ember's CPU kernels into %s (first run only)", directory)
     started = time.monotonic()
     _put_ninja_on_path()
