@@ -103,8 +103,10 @@ def test_prompt_longer_than_the_context_is_one_line() -> None:
         timeout=300,
     )
     assert done.returncode == 1
-    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ")
-    assert "16" in done.stderr and "prompt" in done.stderr
+    # A first run may also announce the one-time kernel build on its own line.
+    lines = [ln for ln in done.stderr.splitlines() if not ln.startswith("ember: compiling")]
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "16" in lines[0] and "prompt" in lines[0]
 
 
 def test_bench_prints_a_table() -> None:
