@@ -3,9 +3,8 @@
 At decode sizes each eager torch op costs more in dispatch than in arithmetic, so each of these
 replaces several of them with one native op (csrc/fused.cpp, registered as torch.ops.ember.*).
 Every op has a pure-torch twin here (`*_reference`), the definition the native op is tested
-against. The module-level functions pick the native op when
-ember.kernels.fast_methods_available(), else the reference, at every call; a hot loop can pick
-once with `select_ops()` and call the returned FusedOps directly.
+against. `select_ops()` returns the native ops when ember.kernels.fast_methods_available(),
+else the references; layers pick once when the model is built and call them directly.
 
 Activations are float32. KV caches are [slots, kv_heads, head_dim] in float32, bfloat16 or
 float16. q / k / v may be strided views (e.g. slices of a fused QKV output) as long as their
@@ -23,18 +22,9 @@ import torch.nn.functional as F
 
 __all__ = [
     "FusedOps",
-    "add_rms_norm",
-    "cached_attention",
-    "decode_attention",
-    "gelu_tanh_mul",
     "native_ops",
-    "norm_add_rms_norm",
     "reference_ops",
-    "rms_norm",
-    "rope_",
     "select_ops",
-    "silu_mul",
-    "write_kv_",
 ]
 
 
@@ -256,96 +246,3 @@ def select_ops() -> FusedOps:
     from ember.kernels import fast_methods_available
 
     return native_ops() if fast_methods_available() else _REFERENCE
-
-
-# ---- per-call dispatch ---------------------------------------------------------------------------
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """[..., D] float32 -> rms-normalised [..., D] (contiguous), times weight [D]."""
-    return select_ops().rms_norm(x, weight, eps)
-
-
-def add_rms_norm(
-    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rms_norm(x + residual, weight, eps), x + residual)."""
-    return select_ops().add_rms_norm(x, residual, weight, eps)
-
-
-def norm_add_rms_norm(
-    x: torch.Tensor,
-    residual: torch.Tensor,
-    x_weight: torch.Tensor,
-    weight: torch.Tensor,
-    eps: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """h = residual + rms_norm(x, x_weight); returns (rms_norm(h, weight, eps), h)."""
-    return select_ops().norm_add_rms_norm(x, residual, x_weight, weight, eps)
-
-
-def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """[..., 2F] -> silu(first half) * second half [..., F]."""
-    return select_ops().silu_mul(gate_up)
-
-
-def gelu_tanh_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """[..., 2F] -> gelu_tanh(first half) * second half [..., F]."""
-    return select_ops().gelu_tanh_mul(gate_up)
-
-
-def rope_(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    positions: torch.Tensor,
-    inv_freq: torch.Tensor,
-    rotary_dim: int,
-    interleaved: bool,
-    position_scale: float = 1.0,
-) -> None:
-    """Rotary embedding of q [T, Hq, Dh] and k [T, Hk, Dh] in place (see rope_reference_)."""
-    select_ops().rope_(q, k, positions, inv_freq, rotary_dim, interleaved, position_scale)
-
-
-def write_kv_(
-    k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int
-) -> None:
-    """Stores k, v [T, Hk, Dh] at cache slots start .. start+T-1."""
-    select_ops().write_kv_(k_cache, v_cache, k, v, start)
-
-
-def decode_attention(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    start: int,
-    scale: float,
-    window: int = 0,
-) -> torch.Tensor:
-    """Causal (sliding-window when window > 0) GQA attention of a few queries over the cache."""
-    return select_ops().decode_attention(q, k_cache, v_cache, start, scale, window)
-
-
-def cached_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    positions: torch.Tensor,
-    inv_freq: torch.Tensor,
-    rotary_dim: int,
-    interleaved: bool,
-    position_scale: float,
-    start: int,
-    scale: float,
-    window: int = 0,
-    q_norm: torch.Tensor | None = None,
-    k_norm: torch.Tensor | None = None,
-    norm_eps: float = 1e-6,
-) -> torch.Tensor:
-    """QK-norm (optional) + RoPE on q, k in place, cache write, attention (one native call)."""
-    return select_ops().cached_attention(
-        q, k, v, k_cache, v_cache, positions, inv_freq, rotary_dim, interleaved,
-        position_scale, start, scale, window, q_norm, k_norm, norm_eps,
-    )  # fmt: skip
