@@ -31,7 +31,7 @@ if path != "-":
         model = loaded.model
         cache = model.new_cache(prompt + generate)
         kv_bytes = sum(t.numel() * t.element_size() for t in cache.keys + cache.values)
-        logits = model.compute_logits(model(torch.randint(0, 1000, (prompt,)), cache, 0)[-1:])
+        logits = model.compute_logits(model.prefill(torch.randint(0, 1000, (prompt,)), cache)[-1:])
         for _ in range(generate):
             token = logits[-1:].argmax(-1)
             logits = model.compute_logits(model(token, cache, cache.length))

@@ -66,7 +66,7 @@ def perplexity(
             chunk[0] = tokenizer.bos_token_id
         ids = torch.tensor(chunk, dtype=torch.long)
         cache = loaded.model.new_cache(n_ctx)
-        hidden = loaded.model(ids, cache, 0)
+        hidden = loaded.model.prefill(ids, cache)
         logits = loaded.model.compute_logits(hidden[first : n_ctx - 1])
         logprobs = torch.log_softmax(logits.double(), dim=-1)
         targets = ids[first + 1 : n_ctx]

@@ -29,14 +29,14 @@ def _ids(count: int, vocab: int, seed: int) -> torch.Tensor:
 
 
 def prefill_speed(loaded: LoadedModel, tokens: int = 512, repetitions: int = 3) -> SpeedResult:
-    """Like llama-bench's pp test: one sequence of `tokens` processed in one batch."""
+    """Like llama-bench's pp test: one sequence of `tokens` prefilled from an empty cache."""
     model = loaded.model
     seconds = []
     for rep in range(repetitions + 1):
         ids = _ids(tokens, loaded.config.vocab_size, rep)
         cache = model.new_cache(tokens)
         started = time.perf_counter()
-        hidden = model(ids, cache, 0)
+        hidden = model.prefill(ids, cache)
         model.compute_logits(hidden[-1:])
         if rep:  # the first run warms up allocators and caches
             seconds.append(time.perf_counter() - started)

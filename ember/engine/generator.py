@@ -105,7 +105,7 @@ class Generator:
 
     def _prefill(self, prompt_ids: list[int], capacity: int, num_prompt_logprobs: int | None):
         cache = self.model.new_cache(capacity)
-        hidden = self.model(torch.tensor(prompt_ids, dtype=torch.long), cache, 0)
+        hidden = self.model.prefill(torch.tensor(prompt_ids, dtype=torch.long), cache)
         plp = None
         if num_prompt_logprobs is not None:
             all_logits = self.model.compute_logits(hidden)

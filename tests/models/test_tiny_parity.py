@@ -118,3 +118,17 @@ def test_half_precision_safetensors(tmp_path: Path, dtype: torch.dtype) -> None:
     assert loaded.model.layers[0].mlp.gate_up.method.name == expected_type
     logits = _ember_logits(tmp_path, PROMPT)
     torch.testing.assert_close(logits, reference, atol=2e-4, rtol=1e-4)
+
+
+def test_prefill_in_steps_matches_transformers(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prompt prefilled in several forward steps (here 7 tokens each, so steps cross the tiny
+    Gemma's sliding window of 8) gives the logits of transformers' one pass."""
+    import ember.models.base
+
+    monkeypatch.setattr(ember.models.base, "PREFILL_UBATCH", 7)
+    name, _, _, gguf_path, reference = tiny
+    loaded = load_model_path(gguf_path, with_tokenizer=False)
+    cache = loaded.model.new_cache(PROMPT.shape[1])
+    logits = loaded.model.compute_logits(loaded.model.prefill(PROMPT[0], cache))
+    assert cache.length == PROMPT.shape[1]
+    torch.testing.assert_close(logits, reference, atol=2e-4, rtol=1e-4, msg=name)

@@ -23,7 +23,7 @@ def test_teacher_forced_agreement_with_llamacpp(reference_model) -> None:
         prompt, completion = case["prompt_tokens"], case["completion_tokens"]
         ids = torch.tensor(prompt + completion)
         cache = loaded.model.new_cache(len(ids))
-        hidden = loaded.model(ids, cache, 0)
+        hidden = loaded.model.prefill(ids, cache)
         # Row p predicts token p + 1: rows len(prompt)-1 .. end-1 predict the completion.
         logits = loaded.model.compute_logits(hidden[len(prompt) - 1 : len(ids) - 1])
         logprobs = torch.log_softmax(logits.double(), dim=-1)
