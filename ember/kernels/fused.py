@@ -147,6 +147,39 @@ def decode_attention_reference(
     return out.squeeze(0).transpose(0, 1).contiguous()
 
 
+def paged_attention_reference(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    query_start: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    window: int,
+) -> torch.Tensor:
+    """Attention of several sequences' new tokens over keys stored in blocks of a pool.
+
+    q: [T, Hq, Dh] with sequence b's tokens at rows query_start[b] .. query_start[b+1]-1, the
+    last of its seq_lens[b] positions; k_cache / v_cache: [blocks, block_size, Hk, Dh]; position
+    p of sequence b sits in block block_tables[b][p // block_size] (int32 [B, max_blocks]).
+    """
+    block_size = k_cache.shape[1]
+    out = torch.empty(q.shape, dtype=q.dtype)
+    for b in range(seq_lens.shape[0]):
+        first, last = int(query_start[b]), int(query_start[b + 1])
+        length = int(seq_lens[b])
+        if last == first:
+            continue
+        ids = block_tables[b, : (length + block_size - 1) // block_size].long()
+        keys = k_cache[ids].flatten(0, 1)[:length]
+        values = v_cache[ids].flatten(0, 1)[:length]
+        start = length - (last - first)
+        out[first:last] = decode_attention_reference(
+            q[first:last], keys, values, start, scale, window
+        )
+    return out
+
+
 def cached_attention_reference(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -201,6 +234,8 @@ class FusedOps:
     decode_attention: Callable[
         [torch.Tensor, torch.Tensor, torch.Tensor, int, float, int], torch.Tensor
     ]
+    # (q, k_cache, v_cache, block_tables, query_start, seq_lens, scale, window) -> [T, Hq, Dh]
+    paged_attention: Callable[..., torch.Tensor]
     # (q, k, v, k_cache, v_cache, positions, inv_freq, rotary_dim, interleaved, position_scale,
     #  start, scale, window, q_norm=None, k_norm=None, norm_eps=1e-6) -> [T, Hq, Dh]
     cached_attention: Callable[..., torch.Tensor]
@@ -216,6 +251,7 @@ def reference_ops() -> FusedOps:
         rope_=rope_reference_,
         write_kv_=write_kv_reference_,
         decode_attention=decode_attention_reference,
+        paged_attention=paged_attention_reference,
         cached_attention=cached_attention_reference,
     )
 
@@ -234,6 +270,7 @@ def native_ops() -> FusedOps:
         rope_=ops.rope_.default,
         write_kv_=ops.write_kv_.default,
         decode_attention=ops.decode_attention.default,
+        paged_attention=ops.paged_attention.default,
         cached_attention=ops.cached_attention.default,
     )
 

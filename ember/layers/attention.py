@@ -1,10 +1,14 @@
-"""Causal (optionally sliding-window) attention over a per-sequence KV cache.
+"""Causal (optionally sliding-window) attention and where its keys and values live.
 
-Reference path for the foundation: one contiguous cache per sequence, torch SDPA for the math.
-The paged cache of the serving engine replaces `SequenceKVCache` behind the same call.
+A layer computes q, k, v and hands them to an `AttentionContext`, which stores k and v and
+returns the attention output. `SequenceContext` serves one sequence with a contiguous cache (the
+single-request path); ember.layers.paged_attention serves a batch of sequences from a paged
+block pool (the serving engine).
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +45,68 @@ class SequenceKVCache:
         twin.keys = [k.clone() for k in self.keys]
         twin.values = [v.clone() for v in self.values]
         return twin
+
+
+class AttentionContext(Protocol):
+    def attend(
+        self,
+        attn: SelfAttention,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        rotary: RotaryEmbedding,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
+        """QK-norm and RoPE on q, k (in place), store k, v, attend.
+
+        q: [T, Hq, Dh], k / v: [T, Hk, Dh] (views into the projection output), positions: [T]
+        int64 -> [T, Hq, Dh].
+        """
+        ...
+
+
+class SequenceContext:
+    """One sequence's new tokens at positions [start, start + T) over its contiguous cache."""
+
+    def __init__(self, cache: SequenceKVCache, start: int) -> None:
+        self.cache = cache
+        self.start = start
+
+    def attend(
+        self,
+        attn: SelfAttention,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        rotary: RotaryEmbedding,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
+        keys, values = self.cache.keys[attn.layer], self.cache.values[attn.layer]
+        start, num_tokens = self.start, q.shape[0]
+        if num_tokens <= FUSED_ATTENTION_MAX_TOKENS:
+            # Decode: QK-norm, RoPE, cache write and attention in one native call.
+            return attn.ops.cached_attention(
+                q,
+                k,
+                v,
+                keys,
+                values,
+                positions,
+                rotary.inv_freq,
+                rotary.rotary_dim,
+                rotary.interleaved,
+                rotary.linear_factor,
+                start,
+                attn.scale,
+                attn.window or 0,
+                attn.q_norm.weight if attn.q_norm is not None else None,
+                attn.k_norm.weight if attn.k_norm is not None else None,
+                attn.q_norm.eps if attn.q_norm is not None else 1e-6,
+            )
+        q, k = attn.norm_and_rotate(q, k, rotary, positions)
+        attn.ops.write_kv_(keys, values, k, v, start)
+        end = start + num_tokens
+        return causal_attention(q, keys[:end], values[:end], start, attn.scale, attn.window)
 
 
 def causal_attention(
@@ -157,15 +223,31 @@ class SelfAttention:
         self.window = config.sliding_window if self.sliding else None
         self.scale = config.scale
 
+    def norm_and_rotate(
+        self, q: torch.Tensor, k: torch.Tensor, rotary: RotaryEmbedding, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head QK-norm (when the model has it), then RoPE in place."""
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        self.ops.rope_(
+            q,
+            k,
+            positions,
+            rotary.inv_freq,
+            rotary.rotary_dim,
+            rotary.interleaved,
+            rotary.linear_factor,
+        )
+        return q, k
+
     def __call__(
         self,
         x: torch.Tensor,
-        cache: SequenceKVCache,
-        start: int,
+        context: AttentionContext,
         rotary: RotaryEmbedding,
         positions: torch.Tensor,
     ) -> torch.Tensor:
-        # x: [T, hidden]; positions: [T] int64 = start .. start+T-1
+        # x: [T, hidden]; positions: [T] int64
         num_tokens = x.shape[0]
         if self.qkv is not None:
             q, k, v = self.qkv(x).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
@@ -175,42 +257,7 @@ class SelfAttention:
         q = q.view(num_tokens, self.num_heads, self.head_dim)
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
-        keys, values = cache.keys[self.layer], cache.values[self.layer]
-        if num_tokens <= FUSED_ATTENTION_MAX_TOKENS:
-            # Decode: QK-norm, RoPE, cache write and attention in one native call.
-            out = self.ops.cached_attention(
-                q,
-                k,
-                v,
-                keys,
-                values,
-                positions,
-                rotary.inv_freq,
-                rotary.rotary_dim,
-                rotary.interleaved,
-                rotary.linear_factor,
-                start,
-                self.scale,
-                self.window or 0,
-                self.q_norm.weight if self.q_norm is not None else None,
-                self.k_norm.weight if self.k_norm is not None else None,
-                self.q_norm.eps if self.q_norm is not None else 1e-6,
-            )
-        else:
-            if self.q_norm is not None and self.k_norm is not None:
-                q, k = self.q_norm(q), self.k_norm(k)
-            self.ops.rope_(
-                q,
-                k,
-                positions,
-                rotary.inv_freq,
-                rotary.rotary_dim,
-                rotary.interleaved,
-                rotary.linear_factor,
-            )
-            self.ops.write_kv_(keys, values, k, v, start)
-            end = start + num_tokens
-            out = causal_attention(q, keys[:end], values[:end], start, self.scale, self.window)
+        out = context.attend(self, q, k, v, rotary, positions)
         return self.o_proj(out.reshape(num_tokens, self.q_size))
 
 

@@ -12,7 +12,7 @@ from typing import Protocol
 import torch
 
 from ember.config import ModelConfig
-from ember.layers.attention import SequenceKVCache
+from ember.layers.attention import AttentionContext, SequenceContext, SequenceKVCache
 from ember.layers.linear import QuantEmbedding, QuantLinear
 from ember.layers.norm import RMSNorm
 from ember.layers.rotary import RotaryEmbedding
@@ -24,8 +24,7 @@ class Block(Protocol):
         self,
         hidden: torch.Tensor,
         residual: torch.Tensor | None,
-        cache: SequenceKVCache,
-        start: int,
+        context: AttentionContext,
         rotary: RotaryEmbedding,
         positions: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
@@ -81,14 +80,22 @@ class DecoderLM:
     def __call__(self, token_ids: torch.Tensor, cache: SequenceKVCache, start: int) -> torch.Tensor:
         """Run tokens at positions [start, start+T) of one sequence -> final hidden [T, hidden]."""
         positions = torch.arange(start, start + token_ids.shape[0])  # int64
+        hidden = self.forward(token_ids, positions, SequenceContext(cache, start))
+        cache.length = start + token_ids.shape[0]
+        return hidden
+
+    @torch.inference_mode()
+    def forward(
+        self, token_ids: torch.Tensor, positions: torch.Tensor, context: AttentionContext
+    ) -> torch.Tensor:
+        """token_ids, positions: [T] int64, in the context's order -> hidden [T, hidden]."""
         x = self.embed(token_ids)
         if self.config.embedding_scale != 1.0:
             x = x * self.config.embedding_scale
         residual: torch.Tensor | None = None
         for index, block in enumerate(self.layers):
             rotary = self.rotary_local if self.config.is_sliding(index) else self.rotary_global
-            x, residual = block(x, residual, cache, start, rotary, positions)
-        cache.length = start + token_ids.shape[0]
+            x, residual = block(x, residual, context, rotary, positions)
         if residual is None:  # a model with no layers
             return self.norm(x)
         return self.norm.add_and_norm(x, residual)[0]

@@ -12,7 +12,7 @@ import torch
 from ember.config import ModelConfig, RopeConfig
 from ember.errors import ModelFileError
 from ember.layers.activation import gelu_tanh_and_mul
-from ember.layers.attention import SelfAttention, SequenceKVCache
+from ember.layers.attention import AttentionContext, SelfAttention
 from ember.layers.mlp import GatedMLP
 from ember.layers.norm import RMSNorm
 from ember.layers.rotary import RotaryEmbedding
@@ -52,8 +52,7 @@ class Gemma3Block:
         self,
         hidden: torch.Tensor,
         residual: torch.Tensor | None,
-        cache: SequenceKVCache,
-        start: int,
+        context: AttentionContext,
         rotary: RotaryEmbedding,
         positions: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,7 +61,7 @@ class Gemma3Block:
             residual, hidden = hidden, self.attn_norm(hidden)
         else:
             hidden, residual = self.attn_norm.add_and_norm(hidden, residual)
-        hidden = self.attn(hidden, cache, start, rotary, positions)
+        hidden = self.attn(hidden, context, rotary, positions)
         hidden, residual = self.ffn_norm.norm_add_and_norm(hidden, self.post_attn_norm, residual)
         return self.post_ffn_norm(self.mlp(hidden)), residual
 

@@ -12,7 +12,7 @@ import torch
 
 from ember.config import ModelConfig
 from ember.layers.activation import silu_and_mul
-from ember.layers.attention import SelfAttention, SequenceKVCache
+from ember.layers.attention import AttentionContext, SelfAttention
 from ember.layers.mlp import GatedMLP
 from ember.layers.norm import RMSNorm
 from ember.layers.rotary import RotaryEmbedding
@@ -35,8 +35,7 @@ class LlamaBlock:
         self,
         hidden: torch.Tensor,
         residual: torch.Tensor | None,
-        cache: SequenceKVCache,
-        start: int,
+        context: AttentionContext,
         rotary: RotaryEmbedding,
         positions: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,7 +45,7 @@ class LlamaBlock:
             residual, hidden = hidden, self.attn_norm(hidden)
         else:
             hidden, residual = self.attn_norm.add_and_norm(hidden, residual)
-        hidden = self.attn(hidden, cache, start, rotary, positions)
+        hidden = self.attn(hidden, context, rotary, positions)
         hidden, residual = self.ffn_norm.add_and_norm(hidden, residual)
         return self.mlp(hidden), residual
 

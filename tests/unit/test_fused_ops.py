@@ -396,3 +396,121 @@ def check_wrappers_equal_reference() -> None:
     out1 = ops.cached_attention(q1, k1, k, kc1, vc1, *args)
     out2 = REF.cached_attention(q2, k2, k, kc2, vc2, *args)
     assert torch.equal(out1, out2)
+
+
+def paged_case(
+    query_lens: list[int],
+    seq_lens: list[int],
+    heads: tuple[int, int, int],
+    block_size: int,
+    dtype: torch.dtype,
+    seed: int,
+) -> tuple[torch.Tensor, ...]:
+    """Sequences whose blocks are scattered over a pool in random order; unused blocks and
+    table entries are NaN-filled / point at a NaN block, so reading them would show."""
+    q_heads, kv_heads, dim = heads
+    g = generator(len(seq_lens), block_size, seed)
+    needed = [(length + block_size - 1) // block_size for length in seq_lens]
+    pool = sum(needed) + 3
+    order = torch.randperm(pool - 1, generator=g) + 1  # block 0 stays NaN: the null block
+    k_cache = torch.full((pool, block_size, kv_heads, dim), float("nan"), dtype=dtype)
+    v_cache = k_cache.clone()
+    tables = torch.zeros(len(seq_lens), max(needed), dtype=torch.int32)
+    used = 0
+    for b, length in enumerate(seq_lens):
+        ids = order[used : used + needed[b]]
+        used += needed[b]
+        tables[b, : needed[b]] = ids.to(torch.int32)
+        keys = torch.randn(needed[b] * block_size, kv_heads, dim, generator=g) * 2
+        values = torch.randn(needed[b] * block_size, kv_heads, dim, generator=g)
+        keys[length:] = values[length:] = float("nan")  # slots past the sequence end
+        k_cache[ids] = keys.view(-1, block_size, kv_heads, dim).to(dtype)
+        v_cache[ids] = values.view(-1, block_size, kv_heads, dim).to(dtype)
+    q = torch.randn(sum(query_lens), q_heads, dim, generator=g)
+    query_start = torch.tensor([0, *torch.tensor(query_lens).cumsum(0).tolist()])
+    return q, k_cache, v_cache, tables, query_start, torch.tensor(seq_lens)
+
+
+PAGED_BATCHES = [
+    ([1], [1]),
+    ([1, 1, 1], [37, 5, 600]),
+    ([3, 1, 17], [3, 300, 40]),
+    ([16] * 2 + [1] * 30, [16, 700] + list(range(40, 1240, 40))),
+]
+
+
+@pytest.mark.parametrize(("query_lens", "seq_lens"), PAGED_BATCHES)
+@pytest.mark.parametrize("block_size", [16, 5])
+@pytest.mark.parametrize("window", [0, 7, 512])
+@pytest.mark.parametrize("heads", [(9, 3, 64), (4, 1, 256)])
+def test_paged_attention(
+    native: fused.FusedOps,
+    query_lens: list[int],
+    seq_lens: list[int],
+    block_size: int,
+    window: int,
+    heads: tuple[int, int, int],
+) -> None:
+    q, k_cache, v_cache, tables, starts, lens = paged_case(
+        query_lens, seq_lens, heads, block_size, torch.float32, 2
+    )
+    scale = heads[2] ** -0.5
+    expected = REF.paged_attention(q, k_cache, v_cache, tables, starts, lens, scale, window)
+    got = native.paged_attention(q, k_cache, v_cache, tables, starts, lens, scale, window)
+    assert not expected.isnan().any() and not got.isnan().any()
+    assert_fp32_close(got, expected, magnitude(v_cache.nan_to_num(0.0)))
+
+
+def test_paged_reference_equals_contiguous_attention() -> None:
+    """The paged reference sees exactly what one contiguous cache per sequence holds."""
+    q, k_cache, v_cache, tables, starts, lens = paged_case(
+        [2, 1], [30, 17], (4, 2, 32), 8, torch.float32, 3
+    )
+    got = REF.paged_attention(q, k_cache, v_cache, tables, starts, lens, 0.2, 0)
+    for b in range(2):
+        ids = tables[b, : (int(lens[b]) + 7) // 8].long()
+        keys = k_cache[ids].flatten(0, 1)[: int(lens[b])]
+        values = v_cache[ids].flatten(0, 1)[: int(lens[b])]
+        rows = slice(int(starts[b]), int(starts[b + 1]))
+        count = rows.stop - rows.start
+        expected = REF.decode_attention(q[rows], keys, values, int(lens[b]) - count, 0.2, 0)
+        torch.testing.assert_close(got[rows], expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_paged_attention_over_half_precision_caches(
+    native: fused.FusedOps, dtype: torch.dtype
+) -> None:
+    q, k_cache, v_cache, tables, starts, lens = paged_case(
+        [1, 4, 1], [600, 50, 9], (9, 3, 64), 16, dtype, 4
+    )
+    expected = REF.paged_attention(q, k_cache, v_cache, tables, starts, lens, 0.125, 0)
+    got = native.paged_attention(q, k_cache, v_cache, tables, starts, lens, 0.125, 0)
+    assert_fp32_close(got, expected, magnitude(v_cache.float().nan_to_num(0.0)))
+
+
+def test_paged_attention_refuses_blocks_outside_the_pool(native: fused.FusedOps) -> None:
+    q, k_cache, v_cache, tables, starts, lens = paged_case(
+        [1], [40], (2, 1, 16), 16, torch.float32, 5
+    )
+    tables[0, 1] = k_cache.shape[0]
+    with pytest.raises(RuntimeError, match="outside the pool"):
+        native.paged_attention(q, k_cache, v_cache, tables, starts, lens, 0.25, 0)
+    tables[0, 1] = 1
+    lens[0] = 10_000  # more positions than the table can hold
+    with pytest.raises(RuntimeError, match="room for"):
+        native.paged_attention(q, k_cache, v_cache, tables, starts, lens, 0.25, 0)
+
+
+def test_paged_attention_never_reads_blocks_behind_the_window(native: fused.FusedOps) -> None:
+    """A sliding layer's table points blocks wholly behind the window at the (NaN) null block."""
+    q, k_cache, v_cache, tables, starts, lens = paged_case(
+        [1, 3], [600, 333], (9, 3, 64), 16, torch.float32, 6
+    )
+    expected = REF.paged_attention(q, k_cache, v_cache, tables, starts, lens, 0.125, 100)
+    for b in range(2):
+        first_visible = int(lens[b]) - (int(starts[b + 1]) - int(starts[b])) - 100 + 1
+        tables[b, : first_visible // 16] = 0
+    got = native.paged_attention(q, k_cache, v_cache, tables, starts, lens, 0.125, 100)
+    assert not got.isnan().any()
+    assert_fp32_close(got, expected, magnitude(v_cache.nan_to_num(0.0)))

@@ -459,12 +459,14 @@ std::pair<float, float> softmax_terms(float* scores, int64_t count) {
   return {max, _mm512_reduce_add_ps(sum_v)};
 }
 
-// out[j][:] = sum_n weights[j][n] * value row n, for the group's query heads j.
+// out[j][:] (+)= sum_n weights[j][n] * value row n, for the group's query heads j.
 template <typename KV>
 void weigh_values(const float* weights, int64_t weights_stride, int64_t group, const KV* values,
                   int64_t value_stride, int64_t p0, int64_t count, int64_t dim, float* out,
-                  int64_t out_stride) {
-  for (int64_t j = 0; j < group; ++j) std::fill(out + j * out_stride, out + j * out_stride + dim, 0.f);
+                  int64_t out_stride, bool accumulate = false) {
+  if (!accumulate)
+    for (int64_t j = 0; j < group; ++j)
+      std::fill(out + j * out_stride, out + j * out_stride + dim, 0.f);
   int64_t n = 0;
   // Four keys per pass: each output vector is loaded and stored once per four value rows.
   for (; n + 4 <= count; n += 4) {
@@ -499,6 +501,34 @@ void weigh_values(const float* weights, int64_t weights_stride, int64_t group, c
                                            _mm512_maskz_loadu_ps(m, o));
         _mm512_mask_storeu_ps(o, m, acc);
       }
+    }
+  }
+}
+
+// Merge the chunks' partials of every query head, laid out [token][kv head][chunk][group]:
+// out = sum_c e^(m_c - M) o_c / sum_c e^(m_c - M) l_c, M the largest m_c.
+void merge_partials(const float* partials, int64_t tokens, int64_t q_heads, int64_t kv_heads,
+                    int64_t group, int64_t chunks, int64_t dim, float* out) {
+  const int64_t psize = partial_size(dim);
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t h = 0; h < q_heads; ++h) {
+      const int64_t kv_head = h / group, j = h % group;
+      const float* first = partials + ((t * kv_heads + kv_head) * chunks * group + j) * psize;
+      const int64_t step = group * psize;  // next chunk of the same query head
+      float max = -std::numeric_limits<float>::infinity();
+      for (int64_t c = 0; c < chunks; ++c) max = std::max(max, first[c * step]);
+      float* o = out + (t * q_heads + h) * dim;
+      std::fill(o, o + dim, 0.f);
+      float total = 0.f;
+      for (int64_t c = 0; c < chunks; ++c) {
+        const float* part = first + c * step;
+        if (part[1] == 0.f) continue;
+        const float factor = std::exp(part[0] - max);
+        total += factor * part[1];
+        for (int64_t d = 0; d < dim; ++d) o[d] += factor * part[2 + d];
+      }
+      const float inv = 1.0f / total;
+      for (int64_t d = 0; d < dim; ++d) o[d] *= inv;
     }
   }
 }
@@ -563,29 +593,7 @@ void attend(const AttentionShape& s, const float* q, int64_t q_stride0, int64_t 
     run(0, tasks);
   }
 
-  // Merge: out = sum_c e^(m_c - M) o_c / sum_c e^(m_c - M) l_c, M the largest m_c.
-  for (int64_t t = 0; t < s.tokens; ++t) {
-    for (int64_t h = 0; h < s.q_heads; ++h) {
-      const int64_t kv_head = h / s.group, j = h % s.group;
-      const float* first = partials.data() + ((t * s.kv_heads + kv_head) * chunks * s.group + j) *
-                                                 psize;
-      const int64_t step = s.group * psize;  // next chunk of the same query head
-      float max = -std::numeric_limits<float>::infinity();
-      for (int64_t c = 0; c < chunks; ++c) max = std::max(max, first[c * step]);
-      float* o = out + (t * s.q_heads + h) * s.dim;
-      std::fill(o, o + s.dim, 0.f);
-      float total = 0.f;
-      for (int64_t c = 0; c < chunks; ++c) {
-        const float* part = first + c * step;
-        if (part[1] == 0.f) continue;
-        const float factor = std::exp(part[0] - max);
-        total += factor * part[1];
-        for (int64_t d = 0; d < s.dim; ++d) o[d] += factor * part[2 + d];
-      }
-      const float inv = 1.0f / total;
-      for (int64_t d = 0; d < s.dim; ++d) o[d] *= inv;
-    }
-  }
+  merge_partials(partials.data(), s.tokens, s.q_heads, s.kv_heads, s.group, chunks, s.dim, out);
 }
 
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache,
@@ -620,6 +628,168 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache,
            static_cast<const T*>(k_cache.const_data_ptr()),
            static_cast<const T*>(v_cache.const_data_ptr()), k_strides, v_strides,
            out.mutable_data_ptr<float>());
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Paged attention: several sequences' new tokens, flattened, over keys and values stored in
+// fixed-size blocks of a shared pool. Sequence b's tokens are rows query_start[b] ..
+// query_start[b+1]-1 of q and are the last ones of its seq_lens[b] positions; its position p
+// lives in block block_table[b][p / block_size], row p % block_size. Tasks are (token, kv head,
+// chunk of whole blocks), merged like decode_attention's.
+
+struct PagedShape {
+  int64_t tokens, sequences, q_heads, kv_heads, group, dim, block_size, window;
+  float scale;
+};
+
+template <typename KV>
+void paged_attend(const PagedShape& s, const float* q, int64_t q_stride0, int64_t q_stride1,
+                  const KV* k_cache, const KV* v_cache, const int64_t k_strides[3],
+                  const int64_t v_strides[3], const int32_t* tables, int64_t table_stride,
+                  const int64_t* query_start, const int64_t* seq_lens, float* out) {
+  std::vector<int64_t> seq_of(s.tokens), position(s.tokens);
+  int64_t longest = 1;
+  for (int64_t b = 0; b < s.sequences; ++b) {
+    for (int64_t t = query_start[b]; t < query_start[b + 1]; ++t) {
+      seq_of[t] = b;
+      position[t] = seq_lens[b] - (query_start[b + 1] - t);
+    }
+    longest = std::max(longest, s.window > 0 ? std::min(s.window, seq_lens[b]) : seq_lens[b]);
+  }
+  auto first_key = [&](int64_t t) {
+    return s.window > 0 ? std::max<int64_t>(0, position[t] - s.window + 1) : 0;
+  };
+  const int64_t threads = at::get_num_threads();
+  const int64_t rows = s.tokens * s.kv_heads;
+  const bool parallel = threads > 1 && longest * s.tokens * s.q_heads * s.dim >= 2 * kMinParallelFloats;
+  // Split keys only when there are too few (token, kv head) rows to keep every thread busy.
+  const int64_t wanted = parallel ? (8 * threads + rows - 1) / rows : 1;
+  int64_t chunk = std::clamp<int64_t>((longest + wanted - 1) / wanted, 16, kMaxChunk);
+  chunk = (chunk + s.block_size - 1) / s.block_size * s.block_size;
+  // Chunks are counted from each token's first visible block.
+  const int64_t chunks = (longest + s.block_size + chunk - 1) / chunk;
+  const int64_t tasks = rows * chunks;
+  const int64_t psize = partial_size(s.dim);
+  std::vector<float> partials(tasks * s.group * psize);
+
+  auto run = [&](int64_t task0, int64_t task1) {
+    thread_local std::vector<float> scratch;
+    const int64_t padded = (chunk + 15) / 16 * 16;
+    const int64_t needed = s.group * padded + 16 * s.dim;
+    if (static_cast<int64_t>(scratch.size()) < needed) scratch.resize(needed);
+    for (int64_t task = task0; task < task1; ++task) {
+      const int64_t c = task % chunks, row = task / chunks;
+      const int64_t t = row / s.kv_heads, kv_head = row % s.kv_heads;
+      const int64_t lo = first_key(t) / s.block_size * s.block_size;
+      const int64_t p0 = std::max(lo + c * chunk, first_key(t));
+      const int64_t p1 = std::min(lo + (c + 1) * chunk, position[t] + 1);
+      float* partial = partials.data() + task * s.group * psize;
+      if (p1 <= p0) {
+        for (int64_t j = 0; j < s.group; ++j) {
+          partial[j * psize] = -std::numeric_limits<float>::infinity();
+          std::fill(partial + j * psize + 1, partial + (j + 1) * psize, 0.f);
+        }
+        continue;
+      }
+      const int32_t* table = tables + seq_of[t] * table_stride;
+      const float* queries[kMaxGroup];
+      for (int64_t j = 0; j < s.group; ++j)
+        queries[j] = q + t * q_stride0 + (kv_head * s.group + j) * q_stride1;
+      float* scores = scratch.data();
+      for (int64_t p = p0; p < p1;) {  // one run of keys per block
+        const int64_t offset = p % s.block_size, n = std::min(s.block_size - offset, p1 - p);
+        const KV* keys = k_cache + table[p / s.block_size] * k_strides[0] + kv_head * k_strides[2];
+        score_keys(queries, s.group, keys, k_strides[1], offset, n, s.dim, s.scale,
+                   scores + (p - p0), padded, scratch.data() + s.group * padded);
+        p += n;
+      }
+      for (int64_t j = 0; j < s.group; ++j) {
+        const auto [max, sum] = softmax_terms(scores + j * padded, p1 - p0);
+        partial[j * psize] = max;
+        partial[j * psize + 1] = sum;
+      }
+      for (int64_t p = p0; p < p1;) {
+        const int64_t offset = p % s.block_size, n = std::min(s.block_size - offset, p1 - p);
+        const KV* values =
+            v_cache + table[p / s.block_size] * v_strides[0] + kv_head * v_strides[2];
+        weigh_values(scores + (p - p0), padded, s.group, values, v_strides[1], offset, n, s.dim,
+                     partial + 2, psize, p != p0);
+        p += n;
+      }
+    }
+  };
+  if (parallel) {
+    at::parallel_for(0, tasks, 1, run);
+  } else {
+    run(0, tasks);
+  }
+  merge_partials(partials.data(), s.tokens, s.q_heads, s.kv_heads, s.group, chunks, s.dim, out);
+}
+
+at::Tensor paged_attention(const at::Tensor& q, const at::Tensor& k_cache,
+                           const at::Tensor& v_cache, const at::Tensor& block_tables,
+                           const at::Tensor& query_start, const at::Tensor& seq_lens,
+                           double scale, int64_t window) {
+  check_heads(q, "q");
+  TORCH_CHECK(k_cache.device().is_cpu() && k_cache.dim() == 4 && k_cache.stride(3) == 1 &&
+                  v_cache.sizes() == k_cache.sizes() && v_cache.stride(3) == 1 &&
+                  v_cache.scalar_type() == k_cache.scalar_type() && v_cache.device().is_cpu(),
+              "ember fused ops: paged caches must be CPU [blocks, block_size, kv_heads, "
+              "head_dim] of one shape and dtype with a contiguous last dim");
+  TORCH_CHECK(block_tables.scalar_type() == at::kInt && block_tables.dim() == 2 &&
+                  query_start.scalar_type() == at::kLong && query_start.dim() == 1 &&
+                  seq_lens.scalar_type() == at::kLong && seq_lens.dim() == 1,
+              "ember fused ops: block_tables must be int32 [seqs, blocks], query_start and "
+              "seq_lens int64 vectors");
+  PagedShape s{};
+  s.tokens = q.size(0);
+  s.sequences = seq_lens.size(0);
+  s.q_heads = q.size(1);
+  s.kv_heads = k_cache.size(2);
+  s.dim = q.size(2);
+  s.block_size = k_cache.size(1);
+  s.window = window;
+  s.scale = static_cast<float>(scale);
+  TORCH_CHECK(s.kv_heads > 0 && s.q_heads % s.kv_heads == 0 && k_cache.size(3) == s.dim,
+              "ember fused ops: q heads ", s.q_heads, " x ", s.dim, " do not fit caches of ",
+              s.kv_heads, " kv heads x ", k_cache.size(3));
+  s.group = s.q_heads / s.kv_heads;
+  TORCH_CHECK(s.group <= kMaxGroup, "ember fused ops: more than ", kMaxGroup,
+              " query heads per kv head");
+  TORCH_CHECK(query_start.size(0) == s.sequences + 1 && block_tables.size(0) == s.sequences,
+              "ember fused ops: query_start needs seqs + 1 entries and block_tables seqs rows");
+  const at::Tensor tables = block_tables.contiguous();
+  const at::Tensor starts = query_start.contiguous(), lens = seq_lens.contiguous();
+  const int64_t* qs = starts.const_data_ptr<int64_t>();
+  const int64_t* sl = lens.const_data_ptr<int64_t>();
+  const int32_t* tb = tables.const_data_ptr<int32_t>();
+  // Every index the kernel will follow is checked here, before any is followed.
+  TORCH_CHECK(qs[0] == 0 && qs[s.sequences] == s.tokens, "ember fused ops: query_start must run "
+              "from 0 to the number of tokens");
+  const int64_t blocks_per_seq = block_tables.size(1), pool = k_cache.size(0);
+  for (int64_t b = 0; b < s.sequences; ++b) {
+    const int64_t count = qs[b + 1] - qs[b];
+    TORCH_CHECK(count >= 0 && sl[b] >= count && sl[b] <= blocks_per_seq * s.block_size,
+                "ember fused ops: sequence ", b, " has ", count, " queries, ", sl[b],
+                " positions and room for ", blocks_per_seq * s.block_size);
+    const int64_t first = window > 0 ? std::max<int64_t>(0, sl[b] - count - window + 1) : 0;
+    for (int64_t i = first / s.block_size; i * s.block_size < sl[b]; ++i)
+      TORCH_CHECK(tb[b * blocks_per_seq + i] >= 0 && tb[b * blocks_per_seq + i] < pool,
+                  "ember fused ops: block id ", tb[b * blocks_per_seq + i],
+                  " outside the pool of ", pool);
+  }
+  at::Tensor out = at::empty({s.tokens, s.q_heads, s.dim}, q.options());
+  if (s.tokens == 0) return out;
+  const int64_t k_strides[3] = {k_cache.stride(0), k_cache.stride(1), k_cache.stride(2)};
+  const int64_t v_strides[3] = {v_cache.stride(0), v_cache.stride(1), v_cache.stride(2)};
+  with_cache_type(k_cache, [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    paged_attend(s, q.const_data_ptr<float>(), q.stride(0), q.stride(1),
+                 static_cast<const T*>(k_cache.const_data_ptr()),
+                 static_cast<const T*>(v_cache.const_data_ptr()), k_strides, v_strides, tb,
+                 blocks_per_seq, qs, sl, out.mutable_data_ptr<float>());
   });
   return out;
 }
@@ -684,6 +854,9 @@ TORCH_LIBRARY_FRAGMENT(ember, m) {
       "decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, int start, float scale, "
       "int window) -> Tensor");
   m.def(
+      "paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
+      "Tensor query_start, Tensor seq_lens, float scale, int window) -> Tensor");
+  m.def(
       "cached_attention(Tensor(a!) q, Tensor(b!) k, Tensor v, Tensor(c!) k_cache, "
       "Tensor(d!) v_cache, Tensor positions, Tensor inv_freq, int rotary_dim, bool interleaved, "
       "float position_scale, int start, float scale, int window, Tensor? q_norm=None, "
@@ -699,5 +872,6 @@ TORCH_LIBRARY_IMPL(ember, CPU, m) {
   m.impl("rope_", &rope_);
   m.impl("write_kv_", &write_kv_);
   m.impl("decode_attention", &decode_attention);
+  m.impl("paged_attention", &paged_attention);
   m.impl("cached_attention", &cached_attention);
 }

@@ -1,0 +1,226 @@
+"""Attention for a batch of sequences whose keys and values live in a paged block pool.
+
+The serving engine's KV cache: fixed-size blocks of `block_size` positions handed out by the
+tensor-free core (ember.core). Layers are split into KV groups of equal size (Gemma 3: every
+sliding-window layer group and every global one gets its own block table, so a sliding group
+can drop the blocks behind its window). A block id names one page in every layer of a group,
+so the physical storage is one tensor per *slot within a group*:
+keys[slot]: [num_blocks, block_size, kv_heads, head_dim], shared by the slot's layer of every
+group (their block ids never collide, they come from one pool).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ember.config import ModelConfig
+from ember.layers.attention import FUSED_ATTENTION_MAX_TOKENS, SelfAttention, causal_attention
+from ember.layers.rotary import RotaryEmbedding
+
+
+@dataclass(frozen=True)
+class KVGroupSpec:
+    """Layers that share one block table, and the window they attend over (None: all keys)."""
+
+    layers: tuple[int, ...]
+    sliding_window: int | None
+
+
+def kv_groups(config: ModelConfig) -> list[KVGroupSpec]:
+    """Equal-size groups of same-kind layers: one group for a model without sliding layers,
+    else groups of gcd(#sliding, #global) layers, consecutive within each kind."""
+    sliding = [i for i in range(config.num_layers) if config.is_sliding(i)]
+    full = [i for i in range(config.num_layers) if not config.is_sliding(i)]
+    size = math.gcd(len(sliding), len(full)) or config.num_layers
+    groups = [KVGroupSpec(tuple(full[i : i + size]), None) for i in range(0, len(full), size)]
+    groups += [
+        KVGroupSpec(tuple(sliding[i : i + size]), config.sliding_window)
+        for i in range(0, len(sliding), size)
+    ]
+    return groups
+
+
+def kv_bytes_per_block(
+    config: ModelConfig, block_size: int, dtype: torch.dtype, groups: Sequence[KVGroupSpec]
+) -> int:
+    """Bytes one pool block occupies (keys and values of every slot)."""
+    slots = max(len(g.layers) for g in groups)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return 2 * slots * block_size * config.num_kv_heads * config.head_dim * itemsize
+
+
+class PagedKVCache:
+    """The block pool's storage, and where each layer's pages are found."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        num_blocks: int,
+        block_size: int,
+        dtype: torch.dtype = torch.bfloat16,
+        groups: Sequence[KVGroupSpec] | None = None,
+    ) -> None:
+        if num_blocks < 1 or block_size < 1:
+            raise ValueError(
+                f"need at least one block of one slot, got {num_blocks} x {block_size}"
+            )
+        self.groups = list(groups) if groups is not None else kv_groups(config)
+        self.num_blocks, self.block_size, self.dtype = num_blocks, block_size, dtype
+        slots = max(len(g.layers) for g in self.groups)
+        shape = (num_blocks, block_size, config.num_kv_heads, config.head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype) for _ in range(slots)]
+        self.values = [torch.zeros(shape, dtype=dtype) for _ in range(slots)]
+        # layer -> (group index, storage slot)
+        self.place: dict[int, tuple[int, int]] = {}
+        for group_index, group in enumerate(self.groups):
+            for slot, layer in enumerate(group.layers):
+                self.place[layer] = (group_index, slot)
+        if sorted(self.place) != list(range(config.num_layers)):
+            raise ValueError("KV groups must cover every layer exactly once")
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+
+class BatchContext:
+    """Several sequences' new tokens, flattened in sequence order, over a PagedKVCache.
+
+    Sequence i brings query_lens[i] new tokens, the last ones of its seq_lens[i] positions;
+    block_tables[g][i] lists its blocks in group g (position p in block p // block_size).
+    """
+
+    def __init__(
+        self,
+        kv: PagedKVCache,
+        query_lens: Sequence[int],
+        seq_lens: Sequence[int],
+        block_tables: Sequence[Sequence[Sequence[int]]],
+    ) -> None:
+        if not len(query_lens) == len(seq_lens):
+            raise ValueError("query_lens and seq_lens differ in length")
+        if len(block_tables) != len(kv.groups):
+            raise ValueError(f"need {len(kv.groups)} block tables, got {len(block_tables)}")
+        self.kv = kv
+        self.query_lens = list(query_lens)
+        self.seq_lens = list(seq_lens)
+        bs = kv.block_size
+        self.query_start = torch.tensor([0, *_cumsum(self.query_lens)], dtype=torch.int64)
+        self.seq_lens_t = torch.tensor(self.seq_lens, dtype=torch.int64)
+        self.positions = torch.tensor(
+            [p for q, s in zip(query_lens, seq_lens, strict=True) for p in range(s - q, s)],
+            dtype=torch.int64,
+        )
+        self.tables: list[torch.Tensor] = []
+        self.slots: list[torch.Tensor] = []
+        for group_tables in block_tables:
+            if len(group_tables) != len(self.seq_lens):
+                raise ValueError("every group needs one block table per sequence")
+            width = max((len(t) for t in group_tables), default=0) or 1
+            table = torch.zeros(len(group_tables), width, dtype=torch.int32)
+            slot_ids: list[int] = []
+            for i, (blocks, q, s) in enumerate(
+                zip(group_tables, query_lens, seq_lens, strict=True)
+            ):
+                if len(blocks) * bs < s:
+                    raise ValueError(
+                        f"sequence {i}: {len(blocks)} blocks cannot hold {s} positions"
+                    )
+                table[i, : len(blocks)] = torch.tensor(list(blocks), dtype=torch.int32)
+                slot_ids += [blocks[p // bs] * bs + p % bs for p in range(s - q, s)]
+            self.tables.append(table)
+            self.slots.append(torch.tensor(slot_ids, dtype=torch.int64))
+        # Sequences whose queries go through SDPA (long chunks) rather than the paged kernel.
+        self.long_sequences = [
+            i for i, q in enumerate(self.query_lens) if q > FUSED_ATTENTION_MAX_TOKENS
+        ]
+
+    def attend(
+        self,
+        attn: SelfAttention,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        rotary: RotaryEmbedding,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
+        group, slot = self.kv.place[attn.layer]
+        keys, values = self.kv.keys[slot], self.kv.values[slot]
+        q, k = attn.norm_and_rotate(q, k, rotary, positions)
+        flat_shape = (-1, *keys.shape[2:])
+        slots = self.slots[group]
+        keys.view(flat_shape).index_copy_(0, slots, k.to(keys.dtype))
+        values.view(flat_shape).index_copy_(0, slots, v.to(values.dtype))
+        window = attn.window or 0
+        if not self.long_sequences:
+            return attn.ops.paged_attention(
+                q,
+                keys,
+                values,
+                self.tables[group],
+                self.query_start,
+                self.seq_lens_t,
+                attn.scale,
+                window,
+            )
+        return self._attend_mixed(attn, q, keys, values, group, window)
+
+    def _attend_mixed(
+        self,
+        attn: SelfAttention,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        group: int,
+        window: int,
+    ) -> torch.Tensor:
+        """Long prompt chunks through SDPA on gathered pages; the rest through the paged kernel."""
+        out = torch.empty(q.shape, dtype=torch.float32)
+        short = [i for i, n in enumerate(self.query_lens) if n <= FUSED_ATTENTION_MAX_TOKENS]
+        if short:
+            rows = torch.cat(
+                [
+                    torch.arange(int(self.query_start[i]), int(self.query_start[i + 1]))
+                    for i in short
+                ]
+            )
+            lens = [self.query_lens[i] for i in short]
+            starts = torch.tensor([0, *_cumsum(lens)], dtype=torch.int64)
+            out[rows] = attn.ops.paged_attention(
+                q[rows],
+                keys,
+                values,
+                self.tables[group][short],
+                starts,
+                self.seq_lens_t[short],
+                attn.scale,
+                window,
+            )
+        bs = self.kv.block_size
+        for i in self.long_sequences:
+            first, last = int(self.query_start[i]), int(self.query_start[i + 1])
+            length = self.seq_lens[i]
+            ids = self.tables[group][i, : (length + bs - 1) // bs].long()
+            seq_keys = keys[ids].flatten(0, 1)[:length]
+            seq_values = values[ids].flatten(0, 1)[:length]
+            out[first:last] = causal_attention(
+                q[first:last],
+                seq_keys,
+                seq_values,
+                length - (last - first),
+                attn.scale,
+                attn.window,
+            )
+        return out
+
+
+def _cumsum(values: Sequence[int]) -> list[int]:
+    total, out = 0, []
+    for v in values:
+        total += v
+        out.append(total)
+    return out
