@@ -23,29 +23,29 @@ from ember.layers.rotary import RotaryEmbedding
 
 
 @dataclass(frozen=True)
-class KVGroupSpec:
+class LayerGroup:
     """Layers that share one block table, and the window they attend over (None: all keys)."""
 
     layers: tuple[int, ...]
     sliding_window: int | None
 
 
-def kv_groups(config: ModelConfig) -> list[KVGroupSpec]:
+def kv_groups(config: ModelConfig) -> list[LayerGroup]:
     """Equal-size groups of same-kind layers: one group for a model without sliding layers,
     else groups of gcd(#sliding, #global) layers, consecutive within each kind."""
     sliding = [i for i in range(config.num_layers) if config.is_sliding(i)]
     full = [i for i in range(config.num_layers) if not config.is_sliding(i)]
     size = math.gcd(len(sliding), len(full)) or config.num_layers
-    groups = [KVGroupSpec(tuple(full[i : i + size]), None) for i in range(0, len(full), size)]
+    groups = [LayerGroup(tuple(full[i : i + size]), None) for i in range(0, len(full), size)]
     groups += [
-        KVGroupSpec(tuple(sliding[i : i + size]), config.sliding_window)
+        LayerGroup(tuple(sliding[i : i + size]), config.sliding_window)
         for i in range(0, len(sliding), size)
     ]
     return groups
 
 
 def kv_bytes_per_block(
-    config: ModelConfig, block_size: int, dtype: torch.dtype, groups: Sequence[KVGroupSpec]
+    config: ModelConfig, block_size: int, dtype: torch.dtype, groups: Sequence[LayerGroup]
 ) -> int:
     """Bytes one pool block occupies (keys and values of every slot)."""
     slots = max(len(g.layers) for g in groups)
@@ -62,7 +62,7 @@ class PagedKVCache:
         num_blocks: int,
         block_size: int,
         dtype: torch.dtype = torch.bfloat16,
-        groups: Sequence[KVGroupSpec] | None = None,
+        groups: Sequence[LayerGroup] | None = None,
     ) -> None:
         if num_blocks < 1 or block_size < 1:
             raise ValueError(
