@@ -80,3 +80,56 @@ class ModelConfig:
 
     def is_sliding(self, layer: int) -> bool:
         return bool(self.sliding_layers) and self.sliding_layers[layer]
+
+
+KV_CACHE_DTYPES = ("bf16", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the serving engine sizes and schedules its work (ember.engine.llm_engine)."""
+
+    max_model_len: int | None = None
+    """Longest prompt + output per request (None: the model's context, at most 8192)."""
+    block_size: int = 16
+    """Positions per KV-cache block."""
+    kv_cache_tokens: int | None = None
+    """KV-cache budget in token positions across all requests (None: kv_cache_memory_fraction)."""
+    kv_cache_memory_fraction: float = 0.25
+    """When kv_cache_tokens is None: this share of the memory available at start-up."""
+    kv_cache_dtype: str = "bf16"
+    """Storage type of cached keys and values: bf16, fp16 or fp32."""
+    max_num_seqs: int = 64
+    """Most requests in one step's batch."""
+    max_num_batched_tokens: int = 512
+    """Token budget of one step (decodes plus prefill chunks)."""
+    max_waiting: int = 1024
+    """Waiting requests beyond this are refused."""
+    enable_prefix_caching: bool = True
+    policy: str = "fcfs"
+    """fcfs, or priority (lower value first, then arrival)."""
+
+    def __post_init__(self) -> None:
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ValueError(f"max_model_len must be positive, got {self.max_model_len}")
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be positive, got {self.block_size}")
+        if self.kv_cache_tokens is not None and self.kv_cache_tokens < 1:
+            raise ValueError(f"kv_cache_tokens must be positive, got {self.kv_cache_tokens}")
+        if not 0.0 < self.kv_cache_memory_fraction <= 0.9:
+            raise ValueError(
+                f"kv_cache_memory_fraction must be in (0, 0.9], got {self.kv_cache_memory_fraction}"
+            )
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(
+                f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
+                f"got {self.kv_cache_dtype!r}"
+            )
+        for name in ("max_num_seqs", "max_num_batched_tokens", "max_waiting"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be at least "
+                f"max_num_seqs ({self.max_num_seqs}): every running request needs a token a step"
+            )

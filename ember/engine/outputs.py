@@ -43,3 +43,5 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     prompt_logprobs: list[PositionLogprobDict | None] | None = None
     finished: bool = False
+    num_cached_tokens: int = 0
+    """Prompt tokens whose KV came from the prefix cache."""
