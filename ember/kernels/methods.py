@@ -6,7 +6,8 @@ bit-exact pure-torch reference the kernels are tested against; `reference` names
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -25,7 +26,26 @@ GGML_TYPE_IDS: dict[str, int] = {
 }
 
 # Values of qmatmul's `path` argument (auto picks by row count).
-PATH_AUTO, PATH_INTEGER, PATH_BF16 = 0, 1, 2
+PATH_AUTO, PATH_INTEGER, PATH_BF16, PATH_INT8_GEMM = 0, 1, 2, 3
+
+# Batches of up to this many rows take the int8 GEMM (set by integer_batches()).
+_int8_gemm_rows = 0
+
+
+@contextmanager
+def integer_batches(max_rows: int) -> Iterator[None]:
+    """Matmuls of up to `max_rows` rows run in int8 (VNNI) instead of bf16 tiles.
+
+    For batches of decode steps: 1.3-1.6x faster, with the int8 activations a single decode
+    step already uses. Prompts keep the bf16 path, whose finer activations hold parity with
+    llama.cpp on Gemma 3 (see ops.cpp).
+    """
+    global _int8_gemm_rows
+    previous, _int8_gemm_rows = _int8_gemm_rows, max_rows
+    try:
+        yield
+    finally:
+        _int8_gemm_rows = previous
 
 
 def qmatmul(
@@ -58,11 +78,13 @@ class _NativeKernels(QuantMethod):
     ) -> torch.Tensor:
         if x.shape[-1] != cols:
             raise ValueError(f"matmul input has {x.shape[-1]} features, weight has {cols}")
+        rows = x.numel() // cols if cols else 0
+        path = PATH_INT8_GEMM if 16 < rows <= _int8_gemm_rows else PATH_AUTO
         try:
             if x.dim() == 2:
-                out = self.matmul_op(x, raw, cols, self.ggml_type, PATH_AUTO)
+                out = self.matmul_op(x, raw, cols, self.ggml_type, path)
             else:
-                out = self.matmul_op(x.reshape(-1, cols), raw, cols, self.ggml_type, PATH_AUTO)
+                out = self.matmul_op(x.reshape(-1, cols), raw, cols, self.ggml_type, path)
                 out = out.reshape(*x.shape[:-1], out.shape[-1])
         except RuntimeError:
             self.check_raw(raw, cols)

@@ -5,8 +5,9 @@ tensor-free core (ember.core). Layers are split into KV groups of equal size (Ge
 sliding-window layer group and every global one gets its own block table, so a sliding group
 can drop the blocks behind its window). A block id names one page in every layer of a group,
 so the physical storage is one tensor per *slot within a group*:
-keys[slot]: [num_blocks, block_size, kv_heads, head_dim], shared by the slot's layer of every
-group (their block ids never collide, they come from one pool).
+keys[slot]: [num_blocks, kv_heads, block_size, head_dim], shared by the slot's layer of every
+group (their block ids never collide, they come from one pool). Head-major pages keep the rows
+one attention task reads (one kv head of one block) contiguous.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class PagedKVCache:
         self.groups = list(groups) if groups is not None else kv_groups(config)
         self.num_blocks, self.block_size, self.dtype = num_blocks, block_size, dtype
         slots = max(len(g.layers) for g in self.groups)
-        shape = (num_blocks, block_size, config.num_kv_heads, config.head_dim)
+        shape = (num_blocks, config.num_kv_heads, block_size, config.head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype) for _ in range(slots)]
         self.values = [torch.zeros(shape, dtype=dtype) for _ in range(slots)]
         # layer -> (group index, storage slot)
@@ -116,13 +117,14 @@ class BatchContext:
             dtype=torch.int64,
         )
         self.tables: list[torch.Tensor] = []
-        self.slots: list[torch.Tensor] = []
+        self.slot_blocks: list[torch.Tensor] = []  # per group: [T] block of each new token
+
         for group_tables in block_tables:
             if len(group_tables) != len(self.seq_lens):
                 raise ValueError("every group needs one block table per sequence")
             width = max((len(t) for t in group_tables), default=0) or 1
             table = torch.zeros(len(group_tables), width, dtype=torch.int32)
-            slot_ids: list[int] = []
+            slot_blocks: list[int] = []
             for i, (blocks, q, s) in enumerate(
                 zip(group_tables, query_lens, seq_lens, strict=True)
             ):
@@ -131,9 +133,10 @@ class BatchContext:
                         f"sequence {i}: {len(blocks)} blocks cannot hold {s} positions"
                     )
                 table[i, : len(blocks)] = torch.tensor(list(blocks), dtype=torch.int32)
-                slot_ids += [blocks[p // bs] * bs + p % bs for p in range(s - q, s)]
+                slot_blocks += [blocks[p // bs] for p in range(s - q, s)]
             self.tables.append(table)
-            self.slots.append(torch.tensor(slot_ids, dtype=torch.int64))
+            self.slot_blocks.append(torch.tensor(slot_blocks, dtype=torch.int64))
+        self.slot_offsets = self.positions % bs  # [T] each new token's row in its block
         # Sequences whose queries go through SDPA (long chunks) rather than the paged kernel.
         self.long_sequences = [
             i for i, q in enumerate(self.query_lens) if q > FUSED_ATTENTION_MAX_TOKENS
@@ -149,12 +152,15 @@ class BatchContext:
         positions: torch.Tensor,
     ) -> torch.Tensor:
         group, slot = self.kv.place[attn.layer]
-        keys, values = self.kv.keys[slot], self.kv.values[slot]
+        pages_k, pages_v = self.kv.keys[slot], self.kv.values[slot]
         q, k = attn.norm_and_rotate(q, k, rotary, positions)
-        flat_shape = (-1, *keys.shape[2:])
-        slots = self.slots[group]
-        keys.view(flat_shape).index_copy_(0, slots, k.to(keys.dtype))
-        values.view(flat_shape).index_copy_(0, slots, v.to(values.dtype))
+        # Into the contiguous pages [blocks, kv_heads, block_size, head_dim]: the indexed dims
+        # are split by a slice, so the target is [T, kv_heads, head_dim] like k and v.
+        blocks = self.slot_blocks[group]
+        pages_k[blocks, :, self.slot_offsets] = k.to(pages_k.dtype)
+        pages_v[blocks, :, self.slot_offsets] = v.to(pages_v.dtype)
+        # [blocks, block_size, kv_heads, head_dim] views for the attention
+        keys, values = pages_k.transpose(1, 2), pages_v.transpose(1, 2)
         window = attn.window or 0
         if not self.long_sequences:
             return attn.ops.paged_attention(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ember.core.outputs import SchedulerOutput
+from ember.kernels.methods import integer_batches
 from ember.layers.paged_attention import BatchContext, PagedKVCache
 from ember.models.base import DecoderLM
 from ember.sample.logprobs import PositionLogprobs, score_tokens
@@ -75,7 +76,10 @@ class ModelRunner:
         token_ids = torch.tensor(
             [token for item in items for token in item.token_ids], dtype=torch.int64
         )
-        hidden = self.model.forward(token_ids, context.positions, context)
+        # A batch of decode steps (no prompt chunk) takes the int8 GEMM; see integer_batches.
+        decode_only = all(item.num_tokens == 1 for item in items)
+        with integer_batches(len(items) if decode_only else 0):
+            hidden = self.model.forward(token_ids, context.positions, context)
 
         # Rows whose logits are needed: prompt-logprob rows first, then one row per sample.
         sample_rows, sample_ids = [], []
@@ -93,7 +97,8 @@ class ModelRunner:
             row += item.num_tokens
 
         if sample_rows:
-            logits = self.model.compute_logits(hidden[sample_rows])
+            with integer_batches(len(sample_rows) if decode_only else 0):
+                logits = self.model.compute_logits(hidden[sample_rows])
             states = [self.requests[rid].state for rid in sample_ids]
             sampled = self.sampler.sample(logits, states)
             for rid, state, token, logprob in zip(

@@ -72,6 +72,11 @@ class Sampler:
         if logprob_rows and self.logprobs_mode == "raw_logprobs":
             row_logprobs = torch.log_softmax(_rows(logits, logprob_rows).float(), dim=-1)
 
+        if logits.dtype == torch.float32 and not logprob_rows and all(
+            _plain_greedy(s) for s in states
+        ):
+            # Nothing below would change the logits: argmax them as they are, without a copy.
+            return SamplerOutput(logits.argmax(dim=-1).tolist(), [None] * batch)
         # our own float32 copy: the caller's logits stay untouched
         logits = logits.to(torch.float32, copy=True)
         _apply_min_tokens(logits, states)
@@ -118,6 +123,17 @@ class Sampler:
             top_p = torch.tensor([p.top_p for p in params], dtype=torch.float32)
             logits.masked_fill_(top_k_top_p_remove_mask(logits, top_k, top_p), float("-inf"))
         return logits
+
+
+def _plain_greedy(state: RequestSamplingState) -> bool:
+    """Greedy with nothing that edits the logits first (min_tokens, logit_bias, penalties)."""
+    params = state.params
+    return (
+        params.is_greedy
+        and not state.needs_min_tokens_mask
+        and not params.logit_bias
+        and not params.uses_penalties
+    )
 
 
 def _rows(tensor: torch.Tensor, rows: list[int]) -> torch.Tensor:

@@ -639,6 +639,16 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache,
 // lives in block block_table[b][p / block_size], row p % block_size. Tasks are (token, kv head,
 // chunk of whole blocks), merged like decode_attention's.
 
+// Asks for `rows` rows of `dim` values, `stride` elements apart, to be brought into the cache.
+template <typename KV>
+inline void prefetch_rows(const KV* first, int64_t stride, int64_t rows, int64_t dim) {
+  const int64_t row_bytes = dim * static_cast<int64_t>(sizeof(KV));
+  for (int64_t r = 0; r < rows; ++r) {
+    const char* row = reinterpret_cast<const char*>(first + r * stride);
+    for (int64_t b = 0; b < row_bytes; b += 64) _mm_prefetch(row + b, _MM_HINT_T0);
+  }
+}
+
 struct PagedShape {
   int64_t tokens, sequences, q_heads, kv_heads, group, dim, block_size, window;
   float scale;
@@ -700,7 +710,16 @@ void paged_attend(const PagedShape& s, const float* q, int64_t q_stride0, int64_
       float* scores = scratch.data();
       for (int64_t p = p0; p < p1;) {  // one run of keys per block
         const int64_t offset = p % s.block_size, n = std::min(s.block_size - offset, p1 - p);
-        const KV* keys = k_cache + table[p / s.block_size] * k_strides[0] + kv_head * k_strides[2];
+        const int64_t block = p / s.block_size;
+        // Blocks are scattered over the pool, beyond the hardware prefetcher's reach: ask for
+        // the next block's keys and this block's values while this block is scored.
+        if (p + n < p1)
+          prefetch_rows(k_cache + table[block + 1] * k_strides[0] + kv_head * k_strides[2],
+                        k_strides[1], std::min(s.block_size, p1 - p - n), s.dim);
+        prefetch_rows(v_cache + table[block] * v_strides[0] + kv_head * v_strides[2] +
+                          offset * v_strides[1],
+                      v_strides[1], n, s.dim);
+        const KV* keys = k_cache + table[block] * k_strides[0] + kv_head * k_strides[2];
         score_keys(queries, s.group, keys, k_strides[1], offset, n, s.dim, s.scale,
                    scores + (p - p0), padded, scratch.data() + s.group * padded);
         p += n;
