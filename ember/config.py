@@ -95,7 +95,7 @@ class EngineConfig:
     """Positions per KV-cache block."""
     kv_cache_tokens: int | None = None
     """KV-cache budget in token positions across all requests (None: kv_cache_memory_fraction)."""
-    kv_cache_memory_fraction: float = 0.25
+    kv_cache_memory_fraction: float = 0.1
     """When kv_cache_tokens is None: this share of the memory available at start-up."""
     kv_cache_dtype: str = "bf16"
     """Storage type of cached keys and values: bf16, fp16 or fp32."""

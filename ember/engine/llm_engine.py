@@ -10,6 +10,7 @@ object from a background thread.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from ember.core import (
     Request,
     Scheduler,
     SchedulerConfig,
+    SchedulerOutput,
     SchedulerStats,
     StopCriteria,
 )
@@ -39,6 +41,8 @@ from ember.sample.logprobs import PositionLogprobs
 from ember.sample.state import RequestSamplingState
 from ember.sampling_params import SamplingParams
 from ember.tokenizer.detokenizer import IncrementalDetokenizer
+
+log = logging.getLogger("ember.engine")
 
 DEFAULT_MAX_MODEL_LEN = 8192
 """Context per request when none is given: the model's own, capped here (Ollama-like default)."""
@@ -273,10 +277,9 @@ class LLMEngine:
         scheduled = self.scheduler.schedule()
         try:
             result = self.runner.execute(scheduled)
-        except Exception:
-            # The batch failed as a whole: end every request in it rather than retry forever.
-            self.scheduler.update_from_output(scheduled, {})
-            raise
+        except Exception as exc:  # noqa: BLE001 - any model failure ends the batch, not the engine
+            log.exception("the model failed on a batch of %d requests", len(scheduled.requests))
+            return self._fail_batch(scheduled, f"the model failed on this batch: {exc}")
         updates = self.scheduler.update_from_output(scheduled, result.sampled)
         by_parent: dict[str, list[StreamDelta]] = {}
         finished_parents: set[str] = set()
@@ -315,6 +318,35 @@ class LLMEngine:
                     cached.get(parent_id, 0),
                 )
             )
+        return deltas
+
+    def _fail_batch(self, scheduled: SchedulerOutput, reason: str) -> list[RequestDelta]:
+        """End every request of a failed step with finish_reason "error" (retrying the same
+        batch would most likely fail again)."""
+        ids = [item.request_id for item in scheduled.requests]
+        self.scheduler.finish_requests(ids, FinishReason.ERROR)
+        self.scheduler.update_from_output(scheduled, {})
+        failed: dict[str, list[StreamDelta]] = {}
+        for child_id in ids:
+            completion = self._completions.get(child_id)
+            if completion is None:
+                continue
+            parent = completion.parent
+            parent.error = reason
+            out = parent.output.outputs[completion.index]
+            out.finish_reason = FinishReason.ERROR.value
+            failed.setdefault(parent.request_id, []).append(
+                StreamDelta(completion.index, "", [], None, FinishReason.ERROR.value)
+            )
+            self._end_completion(completion, child_id)
+        deltas = []
+        for parent_id, pieces in failed.items():
+            parent = self._parents[parent_id]
+            finished = parent.unfinished == 0
+            if finished:
+                parent.output.finished = True
+                del self._parents[parent_id]
+            deltas.append(RequestDelta(parent_id, pieces, finished, None, reason))
         return deltas
 
     def _end_completion(self, completion: _Completion, child_id: str) -> None:

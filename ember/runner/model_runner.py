@@ -56,8 +56,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, step: SchedulerOutput) -> RunnerOutput:
-        for request_id in step.finished_ids:
-            self.remove_request(request_id)
+        # Finished and aborted requests were removed by the engine as they ended: ids in
+        # step.finished_ids may already belong to new requests.
         result = RunnerOutput()
         if step.is_empty:
             return result

@@ -198,3 +198,34 @@ def test_default_bf16_kv_cache_runs_to_the_end(loaded: LoadedModel) -> None:
     got = collect(engine, requests)
     assert all(len(tokens[0]) == 5 for tokens in got.values())
     assert all(0 <= t < VOCAB for tokens in got.values() for t in tokens[0])
+
+
+def test_a_failing_batch_ends_its_requests_with_an_error_and_the_engine_goes_on(
+    loaded: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = LLMEngine(loaded, EngineConfig(kv_cache_dtype="fp32", block_size=4))
+    engine.add_request("a", [1, 2, 3], greedy(4))
+    real_execute = engine.runner.execute
+
+    def broken(step):  # type: ignore[no-untyped-def]
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(engine.runner, "execute", broken)
+    deltas = engine.step()
+    assert [d.request_id for d in deltas] == ["a"] and deltas[0].finished
+    assert deltas[0].error is not None and "boom" in deltas[0].error
+    assert deltas[0].completions[0].finish_reason == "error"
+    monkeypatch.setattr(engine.runner, "execute", real_execute)
+    # The same id can be used again at once, and the engine still serves it.
+    assert collect(engine, [([1, 2, 3], greedy(4))]) == {"0": alone(loaded, [1, 2, 3], greedy(4))}
+    engine.add_request("a", [4, 5], greedy(2))
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert engine.stats().kv_cache_usage == 0.0
+
+
+def test_request_ids_can_be_reused_right_after_finishing(loaded: LoadedModel) -> None:
+    engine = LLMEngine(loaded, EngineConfig(kv_cache_dtype="fp32", block_size=4))
+    for round_ in range(3):
+        prompt = prompts(1, 20 + round_)[0]
+        assert collect(engine, [(prompt, greedy(3))]) == {"0": alone(loaded, prompt, greedy(3))}
