@@ -108,6 +108,8 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     policy: str = "fcfs"
     """fcfs, or priority (lower value first, then arrival)."""
+    deterministic: bool = False
+    """Batch invariance: a request's output is bit-identical alone or in any batch (slower)."""
 
     def __post_init__(self) -> None:
         if self.max_model_len is not None and self.max_model_len < 1:

@@ -121,7 +121,7 @@ class LLMEngine:
             core_groups,
         )
         self.kv = PagedKVCache(model_config, num_blocks, config.block_size, kv_dtype, groups)
-        self.runner = ModelRunner(loaded.model, self.kv)
+        self.runner = ModelRunner(loaded.model, self.kv, deterministic=config.deterministic)
         self._parents: dict[str, _Parent] = {}
         self._completions: dict[str, _Completion] = {}
 

@@ -156,12 +156,15 @@ def paged_attention_reference(
     seq_lens: torch.Tensor,
     scale: float,
     window: int,
+    fixed_chunk: int = 0,
 ) -> torch.Tensor:
     """Attention of several sequences' new tokens over keys stored in blocks of a pool.
 
     q: [T, Hq, Dh] with sequence b's tokens at rows query_start[b] .. query_start[b+1]-1, the
     last of its seq_lens[b] positions; k_cache / v_cache: [blocks, block_size, Hk, Dh]; position
     p of sequence b sits in block block_tables[b][p // block_size] (int32 [B, max_blocks]).
+    fixed_chunk only tells the native kernel how to split keys (its results then do not depend
+    on the rest of the batch); the reference computes each sequence on its own anyway.
     """
     block_size = k_cache.shape[1]
     out = torch.empty(q.shape, dtype=q.dtype)
@@ -234,7 +237,8 @@ class FusedOps:
     decode_attention: Callable[
         [torch.Tensor, torch.Tensor, torch.Tensor, int, float, int], torch.Tensor
     ]
-    # (q, k_cache, v_cache, block_tables, query_start, seq_lens, scale, window) -> [T, Hq, Dh]
+    # (q, k_cache, v_cache, block_tables, query_start, seq_lens, scale, window,
+    #  fixed_chunk=0) -> [T, Hq, Dh]
     paged_attention: Callable[..., torch.Tensor]
     # (q, k, v, k_cache, v_cache, positions, inv_freq, rotary_dim, interleaved, position_scale,
     #  start, scale, window, q_norm=None, k_norm=None, norm_eps=1e-6) -> [T, Hq, Dh]

@@ -30,6 +30,22 @@ PATH_AUTO, PATH_INTEGER, PATH_BF16, PATH_INT8_GEMM = 0, 1, 2, 3
 
 # Batches of up to this many rows take the int8 GEMM (set by integer_batches()).
 _int8_gemm_rows = 0
+# Every matmul takes the int8 GEMM, whatever its row count (set by batch_invariant()).
+_invariant = False
+
+
+@contextmanager
+def batch_invariant(enabled: bool = True) -> Iterator[None]:
+    """Every matmul runs the int8 GEMM, whose per-row arithmetic (int8 activations with a scale
+    per 32 values, exact int32 sums, one float update per scale block in a fixed order) does
+    not depend on how many rows share the call: a row's output is then bit-identical alone or
+    in any batch."""
+    global _invariant
+    previous, _invariant = _invariant, enabled
+    try:
+        yield
+    finally:
+        _invariant = previous
 
 
 @contextmanager
@@ -79,7 +95,7 @@ class _NativeKernels(QuantMethod):
         if x.shape[-1] != cols:
             raise ValueError(f"matmul input has {x.shape[-1]} features, weight has {cols}")
         rows = x.numel() // cols if cols else 0
-        path = PATH_INT8_GEMM if 16 < rows <= _int8_gemm_rows else PATH_AUTO
+        path = PATH_INT8_GEMM if _invariant or 16 < rows <= _int8_gemm_rows else PATH_AUTO
         try:
             if x.dim() == 2:
                 out = self.matmul_op(x, raw, cols, self.ggml_type, path)

@@ -101,6 +101,7 @@ class BatchContext:
         query_lens: Sequence[int],
         seq_lens: Sequence[int],
         block_tables: Sequence[Sequence[Sequence[int]]],
+        deterministic: bool = False,
     ) -> None:
         if not len(query_lens) == len(seq_lens):
             raise ValueError("query_lens and seq_lens differ in length")
@@ -138,8 +139,13 @@ class BatchContext:
             self.slot_blocks.append(torch.tensor(slot_blocks, dtype=torch.int64))
         self.slot_offsets = self.positions % bs  # [T] each new token's row in its block
         # Sequences whose queries go through SDPA (long chunks) rather than the paged kernel.
+        # Deterministic: everything through the paged kernel with a fixed key split, so that
+        # neither the batch nor the way a prompt was cut into chunks changes a result.
+        self.fixed_chunk = INVARIANT_KEY_CHUNK if deterministic else 0
         self.long_sequences = [
-            i for i, q in enumerate(self.query_lens) if q > FUSED_ATTENTION_MAX_TOKENS
+            i
+            for i, q in enumerate(self.query_lens)
+            if q > FUSED_ATTENTION_MAX_TOKENS and not deterministic
         ]
 
     def attend(
@@ -172,6 +178,7 @@ class BatchContext:
                 self.seq_lens_t,
                 attn.scale,
                 window,
+                self.fixed_chunk,
             )
         return self._attend_mixed(attn, q, keys, values, group, window)
 
@@ -222,6 +229,10 @@ class BatchContext:
                 attn.window,
             )
         return out
+
+
+INVARIANT_KEY_CHUNK = 256
+"""Keys per attention task in deterministic mode (whole blocks)."""
 
 
 def _cumsum(values: Sequence[int]) -> list[int]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ember.core.outputs import SchedulerOutput
-from ember.kernels.methods import integer_batches
+from ember.kernels.methods import batch_invariant, integer_batches
 from ember.layers.paged_attention import BatchContext, PagedKVCache
 from ember.models.base import DecoderLM
 from ember.sample.logprobs import PositionLogprobs, score_tokens
@@ -40,8 +40,15 @@ class _RunnerRequest:
 
 
 class ModelRunner:
-    def __init__(self, model: DecoderLM, kv: PagedKVCache, sampler: Sampler | None = None) -> None:
+    def __init__(
+        self,
+        model: DecoderLM,
+        kv: PagedKVCache,
+        sampler: Sampler | None = None,
+        deterministic: bool = False,
+    ) -> None:
         self.model = model
+        self.deterministic = deterministic
         self.kv = kv
         self.sampler = sampler or Sampler()
         self.requests: dict[str, _RunnerRequest] = {}
@@ -56,6 +63,10 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, step: SchedulerOutput) -> RunnerOutput:
+        with batch_invariant(self.deterministic):
+            return self._execute(step)
+
+    def _execute(self, step: SchedulerOutput) -> RunnerOutput:
         # Finished and aborted requests were removed by the engine as they ended: ids in
         # step.finished_ids may already belong to new requests.
         result = RunnerOutput()
@@ -72,6 +83,7 @@ class ModelRunner:
             [item.num_tokens for item in items],
             [item.start_position + item.num_tokens for item in items],
             tables,
+            deterministic=self.deterministic,
         )
         token_ids = torch.tensor(
             [token for item in items for token in item.token_ids], dtype=torch.int64

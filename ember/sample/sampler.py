@@ -72,8 +72,10 @@ class Sampler:
         if logprob_rows and self.logprobs_mode == "raw_logprobs":
             row_logprobs = torch.log_softmax(_rows(logits, logprob_rows).float(), dim=-1)
 
-        if logits.dtype == torch.float32 and not logprob_rows and all(
-            _plain_greedy(s) for s in states
+        if (
+            logits.dtype == torch.float32
+            and not logprob_rows
+            and all(_plain_greedy(s) for s in states)
         ):
             # Nothing below would change the logits: argmax them as they are, without a copy.
             return SamplerOutput(logits.argmax(dim=-1).tolist(), [None] * batch)

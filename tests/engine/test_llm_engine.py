@@ -229,3 +229,57 @@ def test_request_ids_can_be_reused_right_after_finishing(loaded: LoadedModel) ->
     for round_ in range(3):
         prompt = prompts(1, 20 + round_)[0]
         assert collect(engine, [(prompt, greedy(3))]) == {"0": alone(loaded, prompt, greedy(3))}
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    """A Q8_0 tiny model: its matmuls run in the native kernels (F32 ones run torch's)."""
+    from ember import kernels
+
+    if not kernels.fast_methods_available():
+        pytest.skip("native kernels unavailable on this machine")
+    model = build_hf_model("gemma3")
+    path = save_gguf(model, tmp_path_factory.mktemp("q8") / "model.gguf", qtype="Q8_0")
+    return load_model_path(path, with_tokenizer=False)
+
+
+def logprob_trace(engine: LLMEngine, requests, arrive_every: int = 0) -> dict[str, list[float]]:
+    """Per request, the logprob of every generated token (bit patterns compared exactly)."""
+    pending = list(enumerate(requests))
+    traces: dict[str, list[float]] = {}
+    steps = 0
+    while pending or engine.has_unfinished_requests():
+        if pending and (arrive_every == 0 or steps % arrive_every == 0):
+            take = len(pending) if arrive_every == 0 else 1
+            for index, (prompt, params) in pending[:take]:
+                engine.add_request(str(index), prompt, params)
+                traces[str(index)] = []
+            pending = pending[take:]
+        for delta in engine.step():
+            for piece in delta.completions:
+                for token, position in zip(piece.token_ids, piece.logprobs or [], strict=True):
+                    traces[delta.request_id].append(position[token].logprob)
+        steps += 1
+    return traces
+
+
+def test_deterministic_mode_is_batch_invariant(quantized: LoadedModel) -> None:
+    params = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True, logprobs=0)
+    requests = [(p, params) for p in prompts(10, 30)]
+
+    def engine(budget: int, deterministic: bool = True) -> LLMEngine:
+        config = EngineConfig(
+            block_size=4,
+            max_num_batched_tokens=budget,
+            max_num_seqs=min(budget, 16),
+            deterministic=deterministic,
+        )
+        return LLMEngine(quantized, config)
+
+    alone_traces = {}
+    for index, request in enumerate(requests):
+        alone_traces[str(index)] = logprob_trace(engine(512), [request])["0"]
+    assert logprob_trace(engine(512), requests) == alone_traces
+    assert logprob_trace(engine(9), requests, arrive_every=2) == alone_traces
+    # Without the option, batching is free to change the arithmetic (and here it does).
+    assert logprob_trace(engine(512, deterministic=False), requests) != alone_traces

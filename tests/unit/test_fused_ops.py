@@ -443,6 +443,7 @@ PAGED_BATCHES = [
 @pytest.mark.parametrize("block_size", [16, 5])
 @pytest.mark.parametrize("window", [0, 7, 512])
 @pytest.mark.parametrize("heads", [(9, 3, 64), (4, 1, 256)])
+@pytest.mark.parametrize("fixed_chunk", [0, 40])
 def test_paged_attention(
     native: fused.FusedOps,
     query_lens: list[int],
@@ -450,13 +451,16 @@ def test_paged_attention(
     block_size: int,
     window: int,
     heads: tuple[int, int, int],
+    fixed_chunk: int,
 ) -> None:
     q, k_cache, v_cache, tables, starts, lens = paged_case(
         query_lens, seq_lens, heads, block_size, torch.float32, 2
     )
     scale = heads[2] ** -0.5
     expected = REF.paged_attention(q, k_cache, v_cache, tables, starts, lens, scale, window)
-    got = native.paged_attention(q, k_cache, v_cache, tables, starts, lens, scale, window)
+    got = native.paged_attention(
+        q, k_cache, v_cache, tables, starts, lens, scale, window, fixed_chunk
+    )
     assert not expected.isnan().any() and not got.isnan().any()
     assert_fp32_close(got, expected, magnitude(v_cache.nan_to_num(0.0)))
 
@@ -514,3 +518,19 @@ def test_paged_attention_never_reads_blocks_behind_the_window(native: fused.Fuse
     got = native.paged_attention(q, k_cache, v_cache, tables, starts, lens, 0.125, 100)
     assert not got.isnan().any()
     assert_fp32_close(got, expected, magnitude(v_cache.nan_to_num(0.0)))
+
+
+def test_paged_attention_with_a_fixed_split_ignores_the_rest_of_the_batch(
+    native: fused.FusedOps,
+) -> None:
+    q, k_cache, v_cache, tables, starts, lens = paged_case(
+        [1, 5, 1], [700, 90, 33], (9, 3, 64), 16, torch.bfloat16, 7
+    )
+    together = native.paged_attention(q, k_cache, v_cache, tables, starts, lens, 0.125, 0, 256)
+    for b in range(3):
+        rows = slice(int(starts[b]), int(starts[b + 1]))
+        alone = native.paged_attention(
+            q[rows], k_cache, v_cache, tables[b : b + 1],
+            torch.tensor([0, rows.stop - rows.start]), lens[b : b + 1], 0.125, 0, 256,
+        )  # fmt: skip
+        assert torch.equal(alone, together[rows])

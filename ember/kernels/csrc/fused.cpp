@@ -650,7 +650,7 @@ inline void prefetch_rows(const KV* first, int64_t stride, int64_t rows, int64_t
 }
 
 struct PagedShape {
-  int64_t tokens, sequences, q_heads, kv_heads, group, dim, block_size, window;
+  int64_t tokens, sequences, q_heads, kv_heads, group, dim, block_size, window, fixed_chunk;
   float scale;
 };
 
@@ -676,7 +676,10 @@ void paged_attend(const PagedShape& s, const float* q, int64_t q_stride0, int64_
   const bool parallel = threads > 1 && longest * s.tokens * s.q_heads * s.dim >= 2 * kMinParallelFloats;
   // Split keys only when there are too few (token, kv head) rows to keep every thread busy.
   const int64_t wanted = parallel ? (8 * threads + rows - 1) / rows : 1;
-  int64_t chunk = std::clamp<int64_t>((longest + wanted - 1) / wanted, 16, kMaxChunk);
+  // fixed_chunk > 0: the same split whatever else is in the batch (batch-invariant results).
+  int64_t chunk = s.fixed_chunk > 0
+                      ? s.fixed_chunk
+                      : std::clamp<int64_t>((longest + wanted - 1) / wanted, 16, kMaxChunk);
   chunk = (chunk + s.block_size - 1) / s.block_size * s.block_size;
   // Chunks are counted from each token's first visible block.
   const int64_t chunks = (longest + s.block_size + chunk - 1) / chunk;
@@ -750,7 +753,7 @@ void paged_attend(const PagedShape& s, const float* q, int64_t q_stride0, int64_
 at::Tensor paged_attention(const at::Tensor& q, const at::Tensor& k_cache,
                            const at::Tensor& v_cache, const at::Tensor& block_tables,
                            const at::Tensor& query_start, const at::Tensor& seq_lens,
-                           double scale, int64_t window) {
+                           double scale, int64_t window, int64_t fixed_chunk) {
   check_heads(q, "q");
   TORCH_CHECK(k_cache.device().is_cpu() && k_cache.dim() == 4 && k_cache.stride(3) == 1 &&
                   v_cache.sizes() == k_cache.sizes() && v_cache.stride(3) == 1 &&
@@ -771,6 +774,11 @@ at::Tensor paged_attention(const at::Tensor& q, const at::Tensor& k_cache,
   s.block_size = k_cache.size(1);
   s.window = window;
   s.scale = static_cast<float>(scale);
+  TORCH_CHECK(fixed_chunk >= 0 && fixed_chunk <= kMaxChunk, "ember fused ops: fixed_chunk ",
+              fixed_chunk, " outside [0, ", kMaxChunk, "]");
+  // Whole blocks per chunk.
+  s.fixed_chunk = fixed_chunk > 0 ? (fixed_chunk + s.block_size - 1) / s.block_size * s.block_size
+                                  : 0;
   TORCH_CHECK(s.kv_heads > 0 && s.q_heads % s.kv_heads == 0 && k_cache.size(3) == s.dim,
               "ember fused ops: q heads ", s.q_heads, " x ", s.dim, " do not fit caches of ",
               s.kv_heads, " kv heads x ", k_cache.size(3));
@@ -874,7 +882,8 @@ TORCH_LIBRARY_FRAGMENT(ember, m) {
       "int window) -> Tensor");
   m.def(
       "paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
-      "Tensor query_start, Tensor seq_lens, float scale, int window) -> Tensor");
+      "Tensor query_start, Tensor seq_lens, float scale, int window, int fixed_chunk=0) -> "
+      "Tensor");
   m.def(
       "cached_attention(Tensor(a!) q, Tensor(b!) k, Tensor v, Tensor(c!) k_cache, "
       "Tensor(d!) v_cache, Tensor positions, Tensor inv_freq, int rotary_dim, bool interleaved, "
