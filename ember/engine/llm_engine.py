@@ -281,6 +281,8 @@ class LLMEngine:
             log.exception("the model failed on a batch of %d requests", len(scheduled.requests))
             return self._fail_batch(scheduled, f"the model failed on this batch: {exc}")
         updates = self.scheduler.update_from_output(scheduled, result.sampled)
+        # Before the updates: a request may finish in the step that scores its prompt's end.
+        plp_ready = self._collect_prompt_logprobs(result)
         by_parent: dict[str, list[StreamDelta]] = {}
         finished_parents: set[str] = set()
         cached: dict[str, int] = {}
@@ -300,7 +302,6 @@ class LLMEngine:
                     if parent.unfinished == 0:
                         finished_parents.add(parent.request_id)
         deltas = []
-        plp_ready = self._collect_prompt_logprobs(result)
         for parent_id in {*by_parent, *plp_ready}:
             parent = self._parents[parent_id]
             finished = parent_id in finished_parents
