@@ -11,8 +11,10 @@
 // vpdpbusd multiplies unsigned by signed bytes: the weights' codes are the unsigned side (the
 // decoders in blocks.h shift signed formats up by an offset) and the offset's share is folded
 // into each block's starting sum.
+#include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "blocks.h"
 #include "ember_kernels.h"
@@ -442,34 +444,40 @@ void gemm_i8_unpack(int64_t qtype, const uint8_t* weights, int64_t row_bytes, in
   if (!layout_of(qtype, &l) || decode == nullptr) return;
   const PanelMut p = panel_view(l, panel, K);
   const int64_t valid = n_rows - n0 < kPanel ? n_rows - n0 : kPanel;
-  // Per 16 rows and 256 k: decode each row (codes in natural order), then transpose 4-byte
-  // groups so that each 64-byte vector holds one group of all 16 rows.
-  alignas(64) uint8_t rows[16][256];
+  const int64_t kp = round_up(K, 64);
+  // Pass 1: decode row after row into [64][kp] codes, reading the panel's weight bytes in
+  // address order (the hardware prefetcher then streams them; hopping between rows a chunk at a
+  // time left the loads waiting on DRAM). Pass 2 transposes 4-byte groups so that each 64-byte
+  // vector holds one group of 16 rows.
+  thread_local std::vector<uint8_t> staging;
+  if (static_cast<int64_t>(staging.size()) < kPanel * kp + 64) staging.resize(kPanel * kp + 64);
+  uint8_t* rows = reinterpret_cast<uint8_t*>(
+      (reinterpret_cast<uintptr_t>(staging.data()) + 63) & ~static_cast<uintptr_t>(63));
+  for (int64_t r = 0; r < kPanel; ++r) {
+    uint8_t* codes = rows + r * kp;
+    if (r < valid) {
+      for (int64_t k0 = 0; k0 < K; k0 += 256) {
+        const int n = static_cast<int>(K - k0 < 256 ? K - k0 : 256);
+        decode(weights + (n0 + r) * row_bytes, k0, n, codes + k0,
+               p.scale + (k0 / l.scale_block) * kPanel + r,
+               p.min + (k0 / l.scale_block) * kPanel + r);
+      }
+      if (kp > K) std::memset(codes + K, 0, kp - K);
+    } else {
+      std::memset(codes, 0, kp);
+      for (int64_t s = 0; s < K / l.scale_block; ++s) {
+        p.scale[s * kPanel + r] = 0.0f;
+        p.min[s * kPanel + r] = 0.0f;
+      }
+    }
+  }
   for (int v = 0; v < kVectors; ++v) {
-    for (int64_t k0 = 0; k0 < K; k0 += 256) {
-      const int n = static_cast<int>(K - k0 < 256 ? K - k0 : 256);
-      const int64_t s0 = k0 / l.scale_block;
-      for (int i = 0; i < 16; ++i) {
-        const int64_t r = 16 * v + i;
-        if (r < valid) {
-          decode(weights + (n0 + r) * row_bytes, k0, n, rows[i], p.scale + s0 * kPanel + r,
-                 p.min + s0 * kPanel + r);
-          if (n % 64) std::memset(rows[i] + n, 0, 64 - n % 64);
-        } else {
-          std::memset(rows[i], 0, sizeof(rows[i]));
-          for (int64_t s = s0; s < s0 + n / l.scale_block; ++s) {
-            p.scale[s * kPanel + r] = 0.0f;
-            p.min[s * kPanel + r] = 0.0f;
-          }
-        }
-      }
-      for (int c = 0; c < (n + 63) / 64; ++c) {
-        __m512i r[16];
-        for (int i = 0; i < 16; ++i) r[i] = _mm512_load_si512(rows[i] + 64 * c);
-        transpose16(r);
-        uint8_t* dst = p.codes + (k0 / 4 + 16 * c) * kGroupBytes + 64 * v;
-        for (int j = 0; j < 16; ++j) _mm512_store_si512(dst + j * kGroupBytes, r[j]);
-      }
+    for (int64_t c = 0; c < kp / 64; ++c) {
+      __m512i r[16];
+      for (int i = 0; i < 16; ++i) r[i] = _mm512_load_si512(rows + (16 * v + i) * kp + 64 * c);
+      transpose16(r);
+      uint8_t* dst = p.codes + 16 * c * kGroupBytes + 64 * v;
+      for (int j = 0; j < 16; ++j) _mm512_store_si512(dst + j * kGroupBytes, r[j]);
     }
   }
 }
