@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from ember.config import EngineConfig
+from ember.core.request import RejectReason, RequestRejected
 from ember.engine.generator import Generator, StreamDelta
+from ember.engine.llm_engine import DEFAULT_MAX_MODEL_LEN, LLMEngine
 from ember.engine.outputs import RequestOutput
 from ember.errors import RequestError, TokenizerError
 from ember.runtime import set_threads
@@ -23,6 +27,10 @@ class LLM:
 
     `model` is a library name (`smollm2-135m-instruct`, pulled on first use), a .gguf path,
     a Hugging Face directory, or `hf:owner/repo[:file]`.
+
+    generate() and chat() run every prompt through one serving engine (batched, paged KV cache),
+    built on first use from `engine_config` (`max_model_len`, when given, overrides its field);
+    stream() runs one request on the single-sequence generator. Both use the same context limit.
     """
 
     def __init__(
@@ -32,17 +40,30 @@ class LLM:
         threads: int | None = None,
         max_model_len: int | None = None,
         pull: bool = True,
+        engine_config: EngineConfig | None = None,
     ) -> None:
         from ember.models.loader import load_model_path
         from ember.registry.library import DEFAULT_MODEL
         from ember.registry.resolve import resolve_model
 
+        self.engine_config = _engine_config(engine_config, max_model_len)
         self.threads = set_threads(threads)
         source = resolve_model(model or DEFAULT_MODEL, pull_if_missing=pull)
         self.loaded = load_model_path(source.path)
         self.model_name = source.name
-        self.generator = Generator(self.loaded, max_model_len)
+        # The engine's limit: the model's context, capped by default (see LLMEngine).
+        limit = self.engine_config.max_model_len or DEFAULT_MAX_MODEL_LEN
+        self.generator = Generator(self.loaded, limit)
+        self._engine: LLMEngine | None = None
         self._request_ids = itertools.count()
+
+    @property
+    def llm_engine(self) -> LLMEngine:
+        """The serving engine behind generate() and chat(), built (KV cache and all) on first
+        use."""
+        if self._engine is None:
+            self._engine = LLMEngine(self.loaded, self.engine_config)
+        return self._engine
 
     @property
     def max_model_len(self) -> int:
@@ -153,21 +174,65 @@ class LLM:
                     f"got {len(params_list)} sampling params for {len(prepared)} prompts"
                 )
         for (_, ids), params in zip(prepared, params_list, strict=True):
-            self.generator.max_new_tokens(ids, params)  # fail before doing any work
+            # The engine's own checks, with the same limit: fail before any work starts.
+            self.generator.max_new_tokens(ids, params)
+        return self._run_engine(prepared, params_list, use_tqdm)
+
+    def _run_engine(
+        self,
+        prepared: list[tuple[str | None, list[int]]],
+        params_list: list[SamplingParams],
+        use_tqdm: bool,
+    ) -> list[RequestOutput]:
         from tqdm.auto import tqdm
 
-        results = []
-        items = zip(prepared, params_list, strict=True)
+        engine = self.llm_engine
+        request_ids = [str(next(self._request_ids)) for _ in prepared]
+        index_of = {request_id: index for index, request_id in enumerate(request_ids)}
+        results: list[RequestOutput] = []
+        unfinished: set[str] = set()
         bar = tqdm(
-            items,
             total=len(prepared),
             desc="Generating",
             unit="req",
             disable=not use_tqdm or len(prepared) < 2,
         )
-        for (text, ids), params in bar:
-            request_id = str(next(self._request_ids))
-            results.append(self.generator.run(request_id, text, ids, params))
+        try:
+            while len(results) < len(prepared) or unfinished:
+                while len(results) < len(prepared):
+                    index = len(results)
+                    request_id = request_ids[index]
+                    text, ids = prepared[index]
+                    try:
+                        engine.add_request(request_id, ids, params_list[index], prompt=text)
+                    except RequestRejected as exc:
+                        if exc.reason is RejectReason.QUEUE_FULL and unfinished:
+                            break  # step until the waiting queue has room again
+                        raise
+                    output = engine.output(request_id)
+                    assert output is not None
+                    results.append(output)
+                    unfinished.add(request_id)
+                for delta in engine.step():
+                    if delta.request_id not in unfinished:
+                        continue
+                    if delta.error is not None:
+                        reason = delta.error.strip().split("\n", 1)[0]
+                        raise RequestError(f"prompt {index_of[delta.request_id]}: {reason}")
+                    if delta.finished:
+                        unfinished.discard(delta.request_id)
+                        bar.update(1)
+        except RequestError:
+            for request_id in unfinished:
+                engine.abort_request(request_id)
+            raise
+        except BaseException:
+            # Interrupted mid-step (Ctrl-C) or a bug: the engine's state is in doubt, so the
+            # next call builds a fresh one.
+            self._engine = None
+            raise
+        finally:
+            bar.close()
         return results
 
     def stream(
@@ -179,3 +244,14 @@ class LLM:
         for item in self.generator.stream(prompt_ids, sampling_params):
             if isinstance(item, StreamDelta):
                 yield item
+
+
+def _engine_config(config: EngineConfig | None, max_model_len: int | None) -> EngineConfig:
+    try:
+        if config is None:
+            return EngineConfig(max_model_len=max_model_len)
+        if max_model_len is not None:
+            return dataclasses.replace(config, max_model_len=max_model_len)
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+    return config

@@ -279,7 +279,8 @@ class LLMEngine:
             result = self.runner.execute(scheduled)
         except Exception as exc:  # noqa: BLE001 - any model failure ends the batch, not the engine
             log.exception("the model failed on a batch of %d requests", len(scheduled.requests))
-            return self._fail_batch(scheduled, f"the model failed on this batch: {exc}")
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return self._fail_batch(scheduled, f"the model failed on this batch: {first_line}")
         updates = self.scheduler.update_from_output(scheduled, result.sampled)
         # Before the updates: a request may finish in the step that scores its prompt's end.
         plp_ready = self._collect_prompt_logprobs(result)

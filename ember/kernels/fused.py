@@ -113,6 +113,20 @@ def write_kv_reference_(
     v_cache[start:end] = v
 
 
+def write_kv_paged_reference_(
+    k_pages: torch.Tensor,
+    v_pages: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    slot_blocks: torch.Tensor,
+    slot_offsets: torch.Tensor,
+) -> None:
+    """pages [blocks, kv_heads, block_size, head_dim]: token t's k / v into block slot_blocks[t],
+    row slot_offsets[t] (the indexed dims are split by a slice: the target is [T, heads, dim])."""
+    k_pages[slot_blocks, :, slot_offsets] = k.to(k_pages.dtype)
+    v_pages[slot_blocks, :, slot_offsets] = v.to(v_pages.dtype)
+
+
 def decode_attention_reference(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -234,6 +248,8 @@ class FusedOps:
         [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, bool, float], None
     ]
     write_kv_: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], None]
+    # (k_pages, v_pages, k, v, slot_blocks, slot_offsets) -> None
+    write_kv_paged_: Callable[..., None]
     decode_attention: Callable[
         [torch.Tensor, torch.Tensor, torch.Tensor, int, float, int], torch.Tensor
     ]
@@ -254,6 +270,7 @@ def reference_ops() -> FusedOps:
         gelu_tanh_mul=gelu_tanh_mul_reference,
         rope_=rope_reference_,
         write_kv_=write_kv_reference_,
+        write_kv_paged_=write_kv_paged_reference_,
         decode_attention=decode_attention_reference,
         paged_attention=paged_attention_reference,
         cached_attention=cached_attention_reference,
@@ -273,6 +290,7 @@ def native_ops() -> FusedOps:
         gelu_tanh_mul=ops.gelu_tanh_mul.default,
         rope_=ops.rope_.default,
         write_kv_=ops.write_kv_.default,
+        write_kv_paged_=ops.write_kv_paged_.default,
         decode_attention=ops.decode_attention.default,
         paged_attention=ops.paged_attention.default,
         cached_attention=ops.cached_attention.default,

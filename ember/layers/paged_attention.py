@@ -73,8 +73,10 @@ class PagedKVCache:
         self.num_blocks, self.block_size, self.dtype = num_blocks, block_size, dtype
         slots = max(len(g.layers) for g in self.groups)
         shape = (num_blocks, config.num_kv_heads, block_size, config.head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype) for _ in range(slots)]
-        self.values = [torch.zeros(shape, dtype=dtype) for _ in range(slots)]
+        # Uninitialised: no kernel reads a position before it is written, and untouched pages
+        # cost no resident memory until a block is first used.
+        self.keys = [torch.empty(shape, dtype=dtype) for _ in range(slots)]
+        self.values = [torch.empty(shape, dtype=dtype) for _ in range(slots)]
         # layer -> (group index, storage slot)
         self.place: dict[int, tuple[int, int]] = {}
         for group_index, group in enumerate(self.groups):
@@ -160,11 +162,7 @@ class BatchContext:
         group, slot = self.kv.place[attn.layer]
         pages_k, pages_v = self.kv.keys[slot], self.kv.values[slot]
         q, k = attn.norm_and_rotate(q, k, rotary, positions)
-        # Into the contiguous pages [blocks, kv_heads, block_size, head_dim]: the indexed dims
-        # are split by a slice, so the target is [T, kv_heads, head_dim] like k and v.
-        blocks = self.slot_blocks[group]
-        pages_k[blocks, :, self.slot_offsets] = k.to(pages_k.dtype)
-        pages_v[blocks, :, self.slot_offsets] = v.to(pages_v.dtype)
+        attn.ops.write_kv_paged_(pages_k, pages_v, k, v, self.slot_blocks[group], self.slot_offsets)
         # [blocks, block_size, kv_heads, head_dim] views for the attention
         keys, values = pages_k.transpose(1, 2), pages_v.transpose(1, 2)
         window = attn.window or 0

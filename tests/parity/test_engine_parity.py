@@ -72,8 +72,9 @@ def test_deterministic_engine_gives_the_same_tokens_alone_and_batched(reference_
                 for piece in delta.completions:
                     tokens, logprobs = out[delta.request_id]
                     tokens += piece.token_ids
+                    positions = piece.logprobs or []
                     logprobs += [
-                        p[t].logprob for t, p in zip(piece.token_ids, piece.logprobs or [], strict=True)
+                        p[t].logprob for t, p in zip(piece.token_ids, positions, strict=True)
                     ]
         return [out[str(i)] for i in range(len(requests))]
 

@@ -534,3 +534,19 @@ def test_paged_attention_with_a_fixed_split_ignores_the_rest_of_the_batch(
             torch.tensor([0, rows.stop - rows.start]), lens[b : b + 1], 0.125, 0, 256,
         )  # fmt: skip
         assert torch.equal(alone, together[rows])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_write_kv_paged_is_exact(native: fused.FusedOps, dtype: torch.dtype) -> None:
+    g = generator(11)
+    qkv = torch.randn(5, 4 * 32, generator=g)
+    k, v = qkv[:, : 2 * 32].view(5, 2, 32), qkv[:, 2 * 32 :].view(5, 2, 32)
+    blocks, offsets = torch.tensor([3, 3, 1, 7, 0]), torch.tensor([0, 5, 2, 7, 1])
+    expected_k = torch.randn(8, 2, 8, 32, generator=g).to(dtype)
+    expected_v = torch.randn(8, 2, 8, 32, generator=g).to(dtype)
+    got_k, got_v = expected_k.clone(), expected_v.clone()
+    REF.write_kv_paged_(expected_k, expected_v, k, v, blocks, offsets)
+    native.write_kv_paged_(got_k, got_v, k, v, blocks, offsets)
+    assert torch.equal(got_k, expected_k) and torch.equal(got_v, expected_v)
+    with pytest.raises(RuntimeError, match="outside"):
+        native.write_kv_paged_(got_k, got_v, k, v, torch.tensor([3, 3, 1, 8, 0]), offsets)

@@ -372,6 +372,55 @@ void write_kv_(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::T
   });
 }
 
+// Paged pages [blocks, kv_heads, block_size, head_dim]: token t's k and v go to block
+// slot_blocks[t], row slot_offsets[t], of every head (converted to the pages' dtype).
+void write_kv_paged_(const at::Tensor& k_pages, const at::Tensor& v_pages, const at::Tensor& k,
+                     const at::Tensor& v, const at::Tensor& slot_blocks,
+                     const at::Tensor& slot_offsets) {
+  check_heads(k, "k");
+  check_heads(v, "v");
+  TORCH_CHECK(k_pages.device().is_cpu() && k_pages.dim() == 4 && k_pages.stride(3) == 1 &&
+                  v_pages.sizes() == k_pages.sizes() && v_pages.stride(3) == 1 &&
+                  v_pages.scalar_type() == k_pages.scalar_type(),
+              "ember fused ops: pages must be CPU [blocks, kv_heads, block_size, head_dim] of one "
+              "shape and dtype with a contiguous last dim");
+  const int64_t tokens = k.size(0), heads = k.size(1), dim = k.size(2);
+  const int64_t blocks = k_pages.size(0), block_size = k_pages.size(2);
+  TORCH_CHECK(v.sizes() == k.sizes() && heads == k_pages.size(1) && dim == k_pages.size(3),
+              "ember fused ops: k and v must be [tokens, ", k_pages.size(1), ", ",
+              k_pages.size(3), "] like the pages");
+  TORCH_CHECK(slot_blocks.scalar_type() == at::kLong && slot_offsets.scalar_type() == at::kLong &&
+                  slot_blocks.dim() == 1 && slot_offsets.dim() == 1 &&
+                  slot_blocks.size(0) == tokens && slot_offsets.size(0) == tokens,
+              "ember fused ops: slot_blocks and slot_offsets must be int64 [", tokens, "]");
+  const at::Tensor sb = slot_blocks.contiguous(), so = slot_offsets.contiguous();
+  const int64_t* block_of = sb.const_data_ptr<int64_t>();
+  const int64_t* row_of = so.const_data_ptr<int64_t>();
+  for (int64_t t = 0; t < tokens; ++t)
+    TORCH_CHECK(block_of[t] >= 0 && block_of[t] < blocks && row_of[t] >= 0 &&
+                    row_of[t] < block_size,
+                "ember fused ops: slot (", block_of[t], ", ", row_of[t], ") outside ", blocks,
+                " blocks of ", block_size);
+  with_cache_type(k_pages, [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    T* kp = static_cast<T*>(k_pages.data_ptr());
+    T* vp = static_cast<T*>(v_pages.data_ptr());
+    const float *ks = k.const_data_ptr<float>(), *vs = v.const_data_ptr<float>();
+    parallel_rows(tokens, 2 * heads * dim, kMinParallelFloats, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        for (int64_t h = 0; h < heads; ++h) {
+          const int64_t kslot = block_of[t] * k_pages.stride(0) + h * k_pages.stride(1) +
+                                row_of[t] * k_pages.stride(2);
+          const int64_t vslot = block_of[t] * v_pages.stride(0) + h * v_pages.stride(1) +
+                                row_of[t] * v_pages.stride(2);
+          store_row(kp + kslot, ks + t * k.stride(0) + h * k.stride(1), dim);
+          store_row(vp + vslot, vs + t * v.stride(0) + h * v.stride(1), dim);
+        }
+      }
+    });
+  });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Attention of T queries at positions start .. start+T-1 over cached keys (flash-decoding).
 //
@@ -878,6 +927,9 @@ TORCH_LIBRARY_FRAGMENT(ember, m) {
   m.def(
       "write_kv_(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k, Tensor v, int start) -> ()");
   m.def(
+      "write_kv_paged_(Tensor(a!) k_pages, Tensor(b!) v_pages, Tensor k, Tensor v, "
+      "Tensor slot_blocks, Tensor slot_offsets) -> ()");
+  m.def(
       "decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, int start, float scale, "
       "int window) -> Tensor");
   m.def(
@@ -899,6 +951,7 @@ TORCH_LIBRARY_IMPL(ember, CPU, m) {
   m.impl("gelu_tanh_mul", &gated<gelu_tanh_times>);
   m.impl("rope_", &rope_);
   m.impl("write_kv_", &write_kv_);
+  m.impl("write_kv_paged_", &write_kv_paged_);
   m.impl("decode_attention", &decode_attention);
   m.impl("paged_attention", &paged_attention);
   m.impl("cached_attention", &cached_attention);
