@@ -26,6 +26,8 @@ def main() -> None:
     parser.add_argument("--workloads", default="batch,prefill,prefix")
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--soak-requests", type=int, default=10_000)
+    parser.add_argument("--soak-max-prompt", type=int, default=200)
+    parser.add_argument("--soak-max-tokens", type=int, default=32)
     parser.add_argument("--no-peer", action="store_true", help="skip llama.cpp")
     args = parser.parse_args()
 
@@ -97,6 +99,8 @@ def main() -> None:
                 loaded,
                 args.soak_requests,
                 soak_config,
+                max_prompt=args.soak_max_prompt,
+                max_generate=args.soak_max_tokens,
                 on_progress=lambda done: print(f"  soak: {done} done", flush=True),
             )
             samples = ", ".join(f"{done}: {mib:.0f}" for done, mib in soak.rss_mib)
