@@ -82,7 +82,7 @@ class ModelConfig:
         return bool(self.sliding_layers) and self.sliding_layers[layer]
 
 
-KV_CACHE_DTYPES = ("bf16", "fp16", "fp32")
+KV_CACHE_DTYPES = ("bf16", "fp16", "fp32", "int8")
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class EngineConfig:
     kv_cache_memory_fraction: float = 0.1
     """When kv_cache_tokens is None: this share of the memory available at start-up."""
     kv_cache_dtype: str = "bf16"
-    """Storage type of cached keys and values: bf16, fp16 or fp32."""
+    """Storage type of cached keys and values: bf16, fp16, fp32, or int8 (one scale per row)."""
     max_num_seqs: int = 64
     """Most requests in one step's batch."""
     max_num_batched_tokens: int = 512

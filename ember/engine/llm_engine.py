@@ -47,7 +47,12 @@ log = logging.getLogger("ember.engine")
 DEFAULT_MAX_MODEL_LEN = 8192
 """Context per request when none is given: the model's own, capped here (Ollama-like default)."""
 
-_KV_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+_KV_DTYPES = {
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp32": torch.float32,
+    "int8": torch.int8,
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,6 +113,15 @@ def write_kv_reference_(
     v_cache[start:end] = v
 
 
+def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per row of the last dim: (codes, scales) with x ~ codes * scales[..., None];
+    scale = max |x| / 127, codes = round-half-even(x * (127 / max |x|))."""
+    amax = x.abs().amax(dim=-1)
+    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    codes = torch.round(x * inv.unsqueeze(-1)).to(torch.int8)
+    return codes, amax / 127.0
+
+
 def write_kv_paged_reference_(
     k_pages: torch.Tensor,
     v_pages: torch.Tensor,
@@ -120,9 +129,20 @@ def write_kv_paged_reference_(
     v: torch.Tensor,
     slot_blocks: torch.Tensor,
     slot_offsets: torch.Tensor,
+    k_scales: torch.Tensor | None = None,
+    v_scales: torch.Tensor | None = None,
 ) -> None:
     """pages [blocks, kv_heads, block_size, head_dim]: token t's k / v into block slot_blocks[t],
-    row slot_offsets[t] (the indexed dims are split by a slice: the target is [T, heads, dim])."""
+    row slot_offsets[t] (the indexed dims are split by a slice: the target is [T, heads, dim]).
+    int8 pages also take each row's scale into k_scales / v_scales [blocks, kv_heads, size]."""
+    if k_pages.dtype == torch.int8:
+        if k_scales is None or v_scales is None:
+            raise ValueError("int8 pages need k_scales and v_scales")
+        for pages, scales, x in ((k_pages, k_scales, k), (v_pages, v_scales, v)):
+            codes, row_scales = quantize_rows_int8(x.float())
+            pages[slot_blocks, :, slot_offsets] = codes
+            scales[slot_blocks, :, slot_offsets] = row_scales
+        return
     k_pages[slot_blocks, :, slot_offsets] = k.to(k_pages.dtype)
     v_pages[slot_blocks, :, slot_offsets] = v.to(v_pages.dtype)
 
@@ -171,12 +191,15 @@ def paged_attention_reference(
     scale: float,
     window: int,
     fixed_chunk: int = 0,
+    k_scales: torch.Tensor | None = None,
+    v_scales: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of several sequences' new tokens over keys stored in blocks of a pool.
 
     q: [T, Hq, Dh] with sequence b's tokens at rows query_start[b] .. query_start[b+1]-1, the
     last of its seq_lens[b] positions; k_cache / v_cache: [blocks, block_size, Hk, Dh]; position
     p of sequence b sits in block block_tables[b][p // block_size] (int32 [B, max_blocks]).
+    int8 caches come with k_scales / v_scales [blocks, Hk, block_size] (one per stored row).
     fixed_chunk only tells the native kernel how to split keys (its results then do not depend
     on the rest of the batch); the reference computes each sequence on its own anyway.
     """
@@ -188,8 +211,11 @@ def paged_attention_reference(
         if last == first:
             continue
         ids = block_tables[b, : (length + block_size - 1) // block_size].long()
-        keys = k_cache[ids].flatten(0, 1)[:length]
-        values = v_cache[ids].flatten(0, 1)[:length]
+        keys, values = k_cache[ids], v_cache[ids]  # [n, block_size, Hk, Dh]
+        if k_scales is not None and v_scales is not None:  # int8 codes times row scales
+            keys = keys.float() * k_scales[ids].transpose(1, 2).unsqueeze(-1)
+            values = values.float() * v_scales[ids].transpose(1, 2).unsqueeze(-1)
+        keys, values = keys.flatten(0, 1)[:length], values.flatten(0, 1)[:length]
         start = length - (last - first)
         out[first:last] = decode_attention_reference(
             q[first:last], keys, values, start, scale, window
@@ -248,13 +274,13 @@ class FusedOps:
         [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, bool, float], None
     ]
     write_kv_: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], None]
-    # (k_pages, v_pages, k, v, slot_blocks, slot_offsets) -> None
+    # (k_pages, v_pages, k, v, slot_blocks, slot_offsets, k_scales=None, v_scales=None) -> None
     write_kv_paged_: Callable[..., None]
     decode_attention: Callable[
         [torch.Tensor, torch.Tensor, torch.Tensor, int, float, int], torch.Tensor
     ]
     # (q, k_cache, v_cache, block_tables, query_start, seq_lens, scale, window,
-    #  fixed_chunk=0) -> [T, Hq, Dh]
+    #  fixed_chunk=0, k_scales=None, v_scales=None) -> [T, Hq, Dh]
     paged_attention: Callable[..., torch.Tensor]
     # (q, k, v, k_cache, v_cache, positions, inv_freq, rotary_dim, interleaved, position_scale,
     #  start, scale, window, q_norm=None, k_norm=None, norm_eps=1e-6) -> [T, Hq, Dh]

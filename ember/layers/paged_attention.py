@@ -51,7 +51,8 @@ def kv_bytes_per_block(
     """Bytes one pool block occupies (keys and values of every slot)."""
     slots = max(len(g.layers) for g in groups)
     itemsize = torch.empty((), dtype=dtype).element_size()
-    return 2 * slots * block_size * config.num_kv_heads * config.head_dim * itemsize
+    per_row = config.head_dim * itemsize + (4 if dtype == torch.int8 else 0)  # + int8 row scale
+    return 2 * slots * block_size * config.num_kv_heads * per_row
 
 
 class PagedKVCache:
@@ -77,6 +78,13 @@ class PagedKVCache:
         # cost no resident memory until a block is first used.
         self.keys = [torch.empty(shape, dtype=dtype) for _ in range(slots)]
         self.values = [torch.empty(shape, dtype=dtype) for _ in range(slots)]
+        # int8 pages: one float32 scale per stored row, [blocks, kv_heads, block_size].
+        scale_shape = shape[:3]
+        self.key_scales: list[torch.Tensor] | None = None
+        self.value_scales: list[torch.Tensor] | None = None
+        if dtype == torch.int8:
+            self.key_scales = [torch.empty(scale_shape) for _ in range(slots)]
+            self.value_scales = [torch.empty(scale_shape) for _ in range(slots)]
         # layer -> (group index, storage slot)
         self.place: dict[int, tuple[int, int]] = {}
         for group_index, group in enumerate(self.groups):
@@ -87,7 +95,13 @@ class PagedKVCache:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+        scales = [*(self.key_scales or []), *(self.value_scales or [])]
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values, *scales))
+
+    def scales(self, slot: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.key_scales is None or self.value_scales is None:
+            return None, None
+        return self.key_scales[slot], self.value_scales[slot]
 
 
 class BatchContext:
@@ -162,7 +176,10 @@ class BatchContext:
         group, slot = self.kv.place[attn.layer]
         pages_k, pages_v = self.kv.keys[slot], self.kv.values[slot]
         q, k = attn.norm_and_rotate(q, k, rotary, positions)
-        attn.ops.write_kv_paged_(pages_k, pages_v, k, v, self.slot_blocks[group], self.slot_offsets)
+        k_scales, v_scales = self.kv.scales(slot)
+        attn.ops.write_kv_paged_(
+            pages_k, pages_v, k, v, self.slot_blocks[group], self.slot_offsets, k_scales, v_scales
+        )
         # [blocks, block_size, kv_heads, head_dim] views for the attention
         keys, values = pages_k.transpose(1, 2), pages_v.transpose(1, 2)
         window = attn.window or 0
@@ -177,8 +194,10 @@ class BatchContext:
                 attn.scale,
                 window,
                 self.fixed_chunk,
+                k_scales,
+                v_scales,
             )
-        return self._attend_mixed(attn, q, keys, values, group, window)
+        return self._attend_mixed(attn, q, keys, values, group, window, k_scales, v_scales)
 
     def _attend_mixed(
         self,
@@ -188,6 +207,8 @@ class BatchContext:
         values: torch.Tensor,
         group: int,
         window: int,
+        k_scales: torch.Tensor | None,
+        v_scales: torch.Tensor | None,
     ) -> torch.Tensor:
         """Long prompt chunks through SDPA on gathered pages; the rest through the paged kernel."""
         out = torch.empty(q.shape, dtype=torch.float32)
@@ -210,14 +231,21 @@ class BatchContext:
                 self.seq_lens_t[short],
                 attn.scale,
                 window,
+                0,
+                k_scales,
+                v_scales,
             )
         bs = self.kv.block_size
         for i in self.long_sequences:
             first, last = int(self.query_start[i]), int(self.query_start[i + 1])
             length = self.seq_lens[i]
             ids = self.tables[group][i, : (length + bs - 1) // bs].long()
-            seq_keys = keys[ids].flatten(0, 1)[:length]
-            seq_values = values[ids].flatten(0, 1)[:length]
+            seq_keys, seq_values = keys[ids], values[ids]  # [n, block_size, Hk, Dh]
+            if k_scales is not None and v_scales is not None:
+                seq_keys = seq_keys.float() * k_scales[ids].transpose(1, 2).unsqueeze(-1)
+                seq_values = seq_values.float() * v_scales[ids].transpose(1, 2).unsqueeze(-1)
+            seq_keys = seq_keys.flatten(0, 1)[:length]
+            seq_values = seq_values.flatten(0, 1)[:length]
             out[first:last] = causal_attention(
                 q[first:last],
                 seq_keys,

@@ -284,3 +284,18 @@ def test_deterministic_mode_is_batch_invariant(quantized: LoadedModel) -> None:
     assert logprob_trace(engine(9), requests, arrive_every=2) == alone_traces
     # Without the option, batching is free to change the arithmetic (and here it does).
     assert logprob_trace(engine(512, deterministic=False), requests) != alone_traces
+
+
+def test_int8_kv_cache_stays_close_to_the_exact_path(quantized: LoadedModel) -> None:
+    """int8 pages (one scale per row): same first token, logprobs within a few hundredths."""
+    params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True, logprobs=0)
+    requests = [(p, params) for p in prompts(4, 40)]
+    traces = []
+    for dtype in ("fp32", "int8"):
+        config = EngineConfig(block_size=4, kv_cache_dtype=dtype, kv_cache_tokens=1024)
+        engine = LLMEngine(quantized, config)
+        assert engine.kv.keys[0].dtype == (torch.int8 if dtype == "int8" else torch.float32)
+        traces.append(logprob_trace(engine, requests))
+    for rid, exact in traces[0].items():
+        assert len(traces[1][rid]) == len(exact)
+        assert abs(traces[1][rid][0] - exact[0]) < 0.05

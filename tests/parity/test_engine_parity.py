@@ -37,7 +37,7 @@ def teacher_forced(engine: LLMEngine, cases: list[dict]) -> tuple[float, float]:
     return agree / total, worst
 
 
-@pytest.mark.parametrize("kv_dtype", ["bf16", "fp32"])
+@pytest.mark.parametrize("kv_dtype", ["bf16", "fp32", "int8"])
 def test_engine_scores_llamacpp_continuations_like_llamacpp(reference_model, kv_dtype) -> None:
     """Same bar as the single-sequence parity test, with every case in one batch, prompts cut
     into chunks by a small token budget, and the KV cache in blocks."""

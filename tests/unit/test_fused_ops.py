@@ -550,3 +550,40 @@ def test_write_kv_paged_is_exact(native: fused.FusedOps, dtype: torch.dtype) -> 
     assert torch.equal(got_k, expected_k) and torch.equal(got_v, expected_v)
     with pytest.raises(RuntimeError, match="outside"):
         native.write_kv_paged_(got_k, got_v, k, v, torch.tensor([3, 3, 1, 8, 0]), offsets)
+
+
+def test_write_kv_paged_int8_matches_the_reference_exactly(native: fused.FusedOps) -> None:
+    g = generator(12)
+    qkv = torch.randn(6, 4 * 32, generator=g) * 3
+    qkv[2, :32] = 0.0  # an all-zero row: scale 0, codes 0
+    k, v = qkv[:, : 2 * 32].view(6, 2, 32), qkv[:, 2 * 32 :].view(6, 2, 32)
+    blocks, offsets = torch.tensor([3, 3, 1, 7, 0, 5]), torch.tensor([0, 5, 2, 7, 1, 1])
+    pages = [torch.zeros(8, 2, 8, 32, dtype=torch.int8) for _ in range(4)]
+    scales = [torch.zeros(8, 2, 8) for _ in range(4)]
+    REF.write_kv_paged_(pages[0], pages[1], k, v, blocks, offsets, scales[0], scales[1])
+    native.write_kv_paged_(pages[2], pages[3], k, v, blocks, offsets, scales[2], scales[3])
+    assert torch.equal(pages[0], pages[2]) and torch.equal(pages[1], pages[3])
+    assert torch.equal(scales[0], scales[2]) and torch.equal(scales[1], scales[3])
+    restored = pages[2][blocks, :, offsets].float() * scales[2][blocks, :, offsets].unsqueeze(-1)
+    assert (restored - k).abs().max() <= k.abs().amax() / 127 / 2 * 1.001
+    with pytest.raises(RuntimeError, match="int8 pages need"):
+        native.write_kv_paged_(pages[2], pages[3], k, v, blocks, offsets)
+
+
+@pytest.mark.parametrize(("query_lens", "seq_lens"), PAGED_BATCHES)
+@pytest.mark.parametrize("window", [0, 7])
+def test_paged_attention_over_int8_pages(
+    native: fused.FusedOps, query_lens: list[int], seq_lens: list[int], window: int
+) -> None:
+    q, k_cache, v_cache, tables, starts, lens = paged_case(
+        query_lens, seq_lens, (9, 3, 64), 16, torch.float32, 8
+    )
+    # Quantize the pool page by page: head-major codes, one scale per row.
+    k_pages, k_scales = fused.quantize_rows_int8(k_cache.nan_to_num(0.0).transpose(1, 2))
+    v_pages, v_scales = fused.quantize_rows_int8(v_cache.nan_to_num(0.0).transpose(1, 2))
+    k_view, v_view = k_pages.transpose(1, 2), v_pages.transpose(1, 2)
+    args = (tables, starts, lens, 0.125, window, 0, k_scales, v_scales)
+    expected = REF.paged_attention(q, k_view, v_view, *args)
+    got = native.paged_attention(q, k_view, v_view, *args)
+    assert not got.isnan().any()
+    assert_fp32_close(got, expected, magnitude(v_cache.nan_to_num(0.0)))

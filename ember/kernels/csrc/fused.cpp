@@ -374,9 +374,33 @@ void write_kv_(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::T
 
 // Paged pages [blocks, kv_heads, block_size, head_dim]: token t's k and v go to block
 // slot_blocks[t], row slot_offsets[t], of every head (converted to the pages' dtype).
+// Per-row symmetric int8: scale = max |x| / 127, code = round-to-even(x * (127 / max |x|)).
+void quantize_row_int8(const float* x, int64_t n, int8_t* codes, float* scale) {
+  float amax = 0.f;
+  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+  const float inv = amax > 0.f ? 127.f / amax : 0.f;
+  for (int64_t i = 0; i < n; ++i) codes[i] = static_cast<int8_t>(std::nearbyint(x[i] * inv));
+  *scale = amax / 127.f;
+}
+
+void check_page_scales(const at::Tensor& pages, const std::optional<at::Tensor>& scales,
+                       const char* name) {
+  if (pages.scalar_type() != at::kChar) {
+    TORCH_CHECK(!scales.has_value(), "ember fused ops: ", name, " only go with int8 pages");
+    return;
+  }
+  TORCH_CHECK(scales.has_value() && scales->scalar_type() == at::kFloat &&
+                  scales->is_contiguous() && scales->dim() == 3 &&
+                  scales->size(0) == pages.size(0) && scales->size(1) == pages.size(1) &&
+                  scales->size(2) == pages.size(2),
+              "ember fused ops: int8 pages need float32 contiguous ", name,
+              " [blocks, kv_heads, block_size]");
+}
+
 void write_kv_paged_(const at::Tensor& k_pages, const at::Tensor& v_pages, const at::Tensor& k,
                      const at::Tensor& v, const at::Tensor& slot_blocks,
-                     const at::Tensor& slot_offsets) {
+                     const at::Tensor& slot_offsets, const std::optional<at::Tensor>& k_scales,
+                     const std::optional<at::Tensor>& v_scales) {
   check_heads(k, "k");
   check_heads(v, "v");
   TORCH_CHECK(k_pages.device().is_cpu() && k_pages.dim() == 4 && k_pages.stride(3) == 1 &&
@@ -401,6 +425,29 @@ void write_kv_paged_(const at::Tensor& k_pages, const at::Tensor& v_pages, const
                     row_of[t] < block_size,
                 "ember fused ops: slot (", block_of[t], ", ", row_of[t], ") outside ", blocks,
                 " blocks of ", block_size);
+  check_page_scales(k_pages, k_scales, "k_scales");
+  check_page_scales(v_pages, v_scales, "v_scales");
+  if (k_pages.scalar_type() == at::kChar) {
+    int8_t* kp = static_cast<int8_t*>(k_pages.data_ptr());
+    int8_t* vp = static_cast<int8_t*>(v_pages.data_ptr());
+    float* kscale = k_scales->mutable_data_ptr<float>();
+    float* vscale = v_scales->mutable_data_ptr<float>();
+    const float *ks = k.const_data_ptr<float>(), *vs = v.const_data_ptr<float>();
+    for (int64_t t = 0; t < tokens; ++t) {
+      for (int64_t h = 0; h < heads; ++h) {
+        const int64_t row = (block_of[t] * heads + h) * block_size + row_of[t];
+        quantize_row_int8(ks + t * k.stride(0) + h * k.stride(1), dim,
+                          kp + block_of[t] * k_pages.stride(0) + h * k_pages.stride(1) +
+                              row_of[t] * k_pages.stride(2),
+                          kscale + row);
+        quantize_row_int8(vs + t * v.stride(0) + h * v.stride(1), dim,
+                          vp + block_of[t] * v_pages.stride(0) + h * v_pages.stride(1) +
+                              row_of[t] * v_pages.stride(2),
+                          vscale + row);
+      }
+    }
+    return;
+  }
   with_cache_type(k_pages, [&](auto* type) {
     using T = std::remove_pointer_t<decltype(type)>;
     T* kp = static_cast<T*>(k_pages.data_ptr());
@@ -707,7 +754,12 @@ template <typename KV>
 void paged_attend(const PagedShape& s, const float* q, int64_t q_stride0, int64_t q_stride1,
                   const KV* k_cache, const KV* v_cache, const int64_t k_strides[3],
                   const int64_t v_strides[3], const int32_t* tables, int64_t table_stride,
-                  const int64_t* query_start, const int64_t* seq_lens, float* out) {
+                  const int64_t* query_start, const int64_t* seq_lens, float* out,
+                  const float* k_scales = nullptr, const float* v_scales = nullptr) {
+  // int8 pages: scales [blocks, kv_heads, block_size], one per stored row.
+  auto row_scales = [&](const float* scales, int64_t block, int64_t kv_head) {
+    return scales + (block * s.kv_heads + kv_head) * s.block_size;
+  };
   std::vector<int64_t> seq_of(s.tokens), position(s.tokens);
   int64_t longest = 1;
   for (int64_t b = 0; b < s.sequences; ++b) {
@@ -774,6 +826,11 @@ void paged_attend(const PagedShape& s, const float* q, int64_t q_stride0, int64_
         const KV* keys = k_cache + table[block] * k_strides[0] + kv_head * k_strides[2];
         score_keys(queries, s.group, keys, k_strides[1], offset, n, s.dim, s.scale,
                    scores + (p - p0), padded, scratch.data() + s.group * padded);
+        if (k_scales != nullptr) {  // the codes' dot products times each key row's scale
+          const float* ks = row_scales(k_scales, table[block], kv_head) + offset;
+          for (int64_t j = 0; j < s.group; ++j)
+            for (int64_t i = 0; i < n; ++i) scores[j * padded + (p - p0) + i] *= ks[i];
+        }
         p += n;
       }
       for (int64_t j = 0; j < s.group; ++j) {
@@ -785,6 +842,11 @@ void paged_attend(const PagedShape& s, const float* q, int64_t q_stride0, int64_
         const int64_t offset = p % s.block_size, n = std::min(s.block_size - offset, p1 - p);
         const KV* values =
             v_cache + table[p / s.block_size] * v_strides[0] + kv_head * v_strides[2];
+        if (v_scales != nullptr) {  // fold each value row's scale into its weights
+          const float* vs = row_scales(v_scales, table[p / s.block_size], kv_head) + offset;
+          for (int64_t j = 0; j < s.group; ++j)
+            for (int64_t i = 0; i < n; ++i) scores[j * padded + (p - p0) + i] *= vs[i];
+        }
         weigh_values(scores + (p - p0), padded, s.group, values, v_strides[1], offset, n, s.dim,
                      partial + 2, psize, p != p0);
         p += n;
@@ -802,7 +864,9 @@ void paged_attend(const PagedShape& s, const float* q, int64_t q_stride0, int64_
 at::Tensor paged_attention(const at::Tensor& q, const at::Tensor& k_cache,
                            const at::Tensor& v_cache, const at::Tensor& block_tables,
                            const at::Tensor& query_start, const at::Tensor& seq_lens,
-                           double scale, int64_t window, int64_t fixed_chunk) {
+                           double scale, int64_t window, int64_t fixed_chunk,
+                           const std::optional<at::Tensor>& k_scales,
+                           const std::optional<at::Tensor>& v_scales) {
   check_heads(q, "q");
   TORCH_CHECK(k_cache.device().is_cpu() && k_cache.dim() == 4 && k_cache.stride(3) == 1 &&
                   v_cache.sizes() == k_cache.sizes() && v_cache.stride(3) == 1 &&
@@ -860,6 +924,20 @@ at::Tensor paged_attention(const at::Tensor& q, const at::Tensor& k_cache,
   if (s.tokens == 0) return out;
   const int64_t k_strides[3] = {k_cache.stride(0), k_cache.stride(1), k_cache.stride(2)};
   const int64_t v_strides[3] = {v_cache.stride(0), v_cache.stride(1), v_cache.stride(2)};
+  if (k_cache.scalar_type() == at::kChar) {
+    // The scales are indexed [block][kv head][row]: the pages' own (head-major) layout.
+    const at::Tensor pages = k_cache.transpose(1, 2);
+    check_page_scales(pages, k_scales, "k_scales");
+    check_page_scales(v_cache.transpose(1, 2), v_scales, "v_scales");
+    paged_attend(s, q.const_data_ptr<float>(), q.stride(0), q.stride(1),
+                 static_cast<const int8_t*>(k_cache.const_data_ptr()),
+                 static_cast<const int8_t*>(v_cache.const_data_ptr()), k_strides, v_strides, tb,
+                 blocks_per_seq, qs, sl, out.mutable_data_ptr<float>(),
+                 k_scales->const_data_ptr<float>(), v_scales->const_data_ptr<float>());
+    return out;
+  }
+  TORCH_CHECK(!k_scales.has_value() && !v_scales.has_value(),
+              "ember fused ops: KV scales only go with int8 pages");
   with_cache_type(k_cache, [&](auto* type) {
     using T = std::remove_pointer_t<decltype(type)>;
     paged_attend(s, q.const_data_ptr<float>(), q.stride(0), q.stride(1),
@@ -928,14 +1006,15 @@ TORCH_LIBRARY_FRAGMENT(ember, m) {
       "write_kv_(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k, Tensor v, int start) -> ()");
   m.def(
       "write_kv_paged_(Tensor(a!) k_pages, Tensor(b!) v_pages, Tensor k, Tensor v, "
-      "Tensor slot_blocks, Tensor slot_offsets) -> ()");
+      "Tensor slot_blocks, Tensor slot_offsets, Tensor(c!)? k_scales=None, "
+      "Tensor(d!)? v_scales=None) -> ()");
   m.def(
       "decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, int start, float scale, "
       "int window) -> Tensor");
   m.def(
       "paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
-      "Tensor query_start, Tensor seq_lens, float scale, int window, int fixed_chunk=0) -> "
-      "Tensor");
+      "Tensor query_start, Tensor seq_lens, float scale, int window, int fixed_chunk=0, "
+      "Tensor? k_scales=None, Tensor? v_scales=None) -> Tensor");
   m.def(
       "cached_attention(Tensor(a!) q, Tensor(b!) k, Tensor v, Tensor(c!) k_cache, "
       "Tensor(d!) v_cache, Tensor positions, Tensor inv_freq, int rotary_dim, bool interleaved, "

@@ -53,6 +53,11 @@ inline __m512 load(const Fp16* p, __mmask16 m) {
   return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
 }
 
+// int8 KV pages: the raw codes (their per-row scales are applied by the caller).
+inline __m512 load(const int8_t* p, __mmask16 m) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)));
+}
+
 // Lane i of the result is the sum of the 16 lanes of acc[i].
 inline __m512 sum16(const __m512 acc[16]) {
   // Each step halves the vectors and doubles the rows each one carries.
