@@ -253,6 +253,55 @@ def cached_attention_reference(
     return decode_attention_reference(q, k_cache, v_cache, start, scale, window)
 
 
+def paged_cached_attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_pages: torch.Tensor,
+    v_pages: torch.Tensor,
+    slot_blocks: torch.Tensor,
+    slot_offsets: torch.Tensor,
+    positions: torch.Tensor,
+    inv_freq: torch.Tensor,
+    rotary_dim: int,
+    interleaved: bool,
+    position_scale: float,
+    block_tables: torch.Tensor,
+    query_start: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    window: int,
+    fixed_chunk: int = 0,
+    k_scales: torch.Tensor | None = None,
+    v_scales: torch.Tensor | None = None,
+    q_norm: torch.Tensor | None = None,
+    k_norm: torch.Tensor | None = None,
+    norm_eps: float = 1e-6,
+) -> torch.Tensor:
+    """[optional per-head QK-norm], RoPE (in place on q and k), k / v into their pages
+    [blocks, kv_heads, block_size, head_dim], then paged_attention."""
+    if (q_norm is None) != (k_norm is None):
+        raise ValueError("give both q_norm and k_norm or neither")
+    if q_norm is not None and k_norm is not None:
+        q.copy_(rms_norm_reference(q, q_norm, norm_eps))
+        k.copy_(rms_norm_reference(k, k_norm, norm_eps))
+    rope_reference_(q, k, positions, inv_freq, rotary_dim, interleaved, position_scale)
+    write_kv_paged_reference_(k_pages, v_pages, k, v, slot_blocks, slot_offsets, k_scales, v_scales)
+    return paged_attention_reference(
+        q,
+        k_pages.transpose(1, 2),
+        v_pages.transpose(1, 2),
+        block_tables,
+        query_start,
+        seq_lens,
+        scale,
+        window,
+        fixed_chunk,
+        k_scales,
+        v_scales,
+    )
+
+
 # ---- one switch between the two ----------------------------------------------------------------
 
 
@@ -282,6 +331,10 @@ class FusedOps:
     # (q, k_cache, v_cache, block_tables, query_start, seq_lens, scale, window,
     #  fixed_chunk=0, k_scales=None, v_scales=None) -> [T, Hq, Dh]
     paged_attention: Callable[..., torch.Tensor]
+    # (q, k, v, k_pages, v_pages, slot_blocks, slot_offsets, positions, inv_freq, rotary_dim,
+    #  interleaved, position_scale, block_tables, query_start, seq_lens, scale, window,
+    #  fixed_chunk=0, k_scales=None, v_scales=None, q_norm=None, k_norm=None, norm_eps=1e-6)
+    paged_cached_attention: Callable[..., torch.Tensor]
     # (q, k, v, k_cache, v_cache, positions, inv_freq, rotary_dim, interleaved, position_scale,
     #  start, scale, window, q_norm=None, k_norm=None, norm_eps=1e-6) -> [T, Hq, Dh]
     cached_attention: Callable[..., torch.Tensor]
@@ -300,6 +353,7 @@ def reference_ops() -> FusedOps:
         decode_attention=decode_attention_reference,
         paged_attention=paged_attention_reference,
         cached_attention=cached_attention_reference,
+        paged_cached_attention=paged_cached_attention_reference,
     )
 
 
@@ -320,6 +374,7 @@ def native_ops() -> FusedOps:
         decode_attention=ops.decode_attention.default,
         paged_attention=ops.paged_attention.default,
         cached_attention=ops.cached_attention.default,
+        paged_cached_attention=ops.paged_cached_attention.default,
     )
 
 

@@ -175,19 +175,23 @@ class BatchContext:
     ) -> torch.Tensor:
         group, slot = self.kv.place[attn.layer]
         pages_k, pages_v = self.kv.keys[slot], self.kv.values[slot]
-        q, k = attn.norm_and_rotate(q, k, rotary, positions)
         k_scales, v_scales = self.kv.scales(slot)
-        attn.ops.write_kv_paged_(
-            pages_k, pages_v, k, v, self.slot_blocks[group], self.slot_offsets, k_scales, v_scales
-        )
-        # [blocks, block_size, kv_heads, head_dim] views for the attention
-        keys, values = pages_k.transpose(1, 2), pages_v.transpose(1, 2)
         window = attn.window or 0
         if not self.long_sequences:
-            return attn.ops.paged_attention(
+            # Decode steps and short chunks: QK-norm, RoPE, page writes and attention in one call.
+            return attn.ops.paged_cached_attention(
                 q,
-                keys,
-                values,
+                k,
+                v,
+                pages_k,
+                pages_v,
+                self.slot_blocks[group],
+                self.slot_offsets,
+                positions,
+                rotary.inv_freq,
+                rotary.rotary_dim,
+                rotary.interleaved,
+                rotary.linear_factor,
                 self.tables[group],
                 self.query_start,
                 self.seq_lens_t,
@@ -196,7 +200,16 @@ class BatchContext:
                 self.fixed_chunk,
                 k_scales,
                 v_scales,
+                attn.q_norm.weight if attn.q_norm is not None else None,
+                attn.k_norm.weight if attn.k_norm is not None else None,
+                attn.q_norm.eps if attn.q_norm is not None else 1e-6,
             )
+        q, k = attn.norm_and_rotate(q, k, rotary, positions)
+        attn.ops.write_kv_paged_(
+            pages_k, pages_v, k, v, self.slot_blocks[group], self.slot_offsets, k_scales, v_scales
+        )
+        # [blocks, block_size, kv_heads, head_dim] views for the attention
+        keys, values = pages_k.transpose(1, 2), pages_v.transpose(1, 2)
         return self._attend_mixed(attn, q, keys, values, group, window, k_scales, v_scales)
 
     def _attend_mixed(

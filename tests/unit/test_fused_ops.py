@@ -587,3 +587,51 @@ def test_paged_attention_over_int8_pages(
     got = native.paged_attention(q, k_view, v_view, *args)
     assert not got.isnan().any()
     assert_fp32_close(got, expected, magnitude(v_cache.nan_to_num(0.0)))
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+@pytest.mark.parametrize("kv_dtype", [torch.bfloat16, torch.int8])
+def test_paged_cached_attention(
+    native: fused.FusedOps, qk_norm: bool, kv_dtype: torch.dtype
+) -> None:
+    g = generator(13, int(qk_norm))
+    heads, kv_heads, dim, block = 4, 2, 32, 8
+    lens, counts = torch.tensor([20, 3, 9]), torch.tensor([1, 3, 2])
+    starts = torch.tensor([0, *counts.cumsum(0).tolist()])
+    tokens = int(counts.sum())
+    tables = torch.tensor([[1, 2, 3], [4, 0, 0], [5, 6, 0]], dtype=torch.int32)
+    positions = torch.cat(
+        [torch.arange(int(n) - int(c), int(n)) for n, c in zip(lens, counts, strict=True)]
+    )
+    blocks = torch.cat(
+        [tables[b, (positions[starts[b] : starts[b + 1]] // block)].long() for b in range(3)]
+    )
+    offsets = positions % block
+    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * dim, generator=g)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))
+    norms = (torch.rand(dim, generator=g) + 0.5, torch.rand(dim, generator=g) + 0.5)
+    results = []
+    for ops in (REF, native):
+        q = qkv[:, : heads * dim].clone().view(tokens, heads, dim)
+        k = qkv[:, heads * dim : (heads + kv_heads) * dim].clone().view(tokens, kv_heads, dim)
+        v = qkv[:, (heads + kv_heads) * dim :].view(tokens, kv_heads, dim)
+        pages = torch.Generator().manual_seed(3)
+        k_pages = (torch.randn(7, kv_heads, block, dim, generator=pages) * 40).to(kv_dtype)
+        v_pages = (torch.randn(7, kv_heads, block, dim, generator=pages) * 40).to(kv_dtype)
+        scales = None, None
+        if kv_dtype == torch.int8:
+            scales = (
+                torch.rand(7, kv_heads, block, generator=pages) * 0.02,
+                torch.rand(7, kv_heads, block, generator=pages) * 0.02,
+            )
+        out = ops.paged_cached_attention(
+            q, k, v, k_pages, v_pages, blocks, offsets, positions, inv_freq, dim, False, 1.0,
+            tables, starts, lens, dim**-0.5, 0, 0, *scales,
+            norms[0] if qk_norm else None, norms[1] if qk_norm else None, 1e-6,
+        )  # fmt: skip
+        results.append((out, q, k, k_pages, v_pages))
+    for expected, got in zip(results[0], results[1], strict=True):
+        if expected.dtype in (torch.bfloat16, torch.int8):
+            assert torch.equal(expected, got)
+        else:
+            assert_fp32_close(got, expected, max(magnitude(expected), 1.0))

@@ -989,6 +989,31 @@ at::Tensor cached_attention(const at::Tensor& q, const at::Tensor& k, const at::
   return decode_attention(q, k_cache, v_cache, start, scale, window);
 }
 
+// The paged twin of cached_attention: optional QK-norm and RoPE on q, k (in place), k, v into
+// their pages, then paged_attention; one call per layer for a batch of decode steps.
+at::Tensor paged_cached_attention(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& k_pages,
+    const at::Tensor& v_pages, const at::Tensor& slot_blocks, const at::Tensor& slot_offsets,
+    const at::Tensor& positions, const at::Tensor& inv_freq, int64_t rotary_dim,
+    bool interleaved, double position_scale, const at::Tensor& block_tables,
+    const at::Tensor& query_start, const at::Tensor& seq_lens, double scale, int64_t window,
+    int64_t fixed_chunk, const std::optional<at::Tensor>& k_scales,
+    const std::optional<at::Tensor>& v_scales, const std::optional<at::Tensor>& q_norm,
+    const std::optional<at::Tensor>& k_norm, double norm_eps) {
+  check_heads(q, "q");
+  check_heads(k, "k");
+  TORCH_CHECK(q_norm.has_value() == k_norm.has_value(),
+              "ember fused ops: give both q_norm and k_norm or neither");
+  if (q_norm.has_value()) {
+    norm_heads_(q, *q_norm, static_cast<float>(norm_eps));
+    norm_heads_(k, *k_norm, static_cast<float>(norm_eps));
+  }
+  rope_(q, k, positions, inv_freq, rotary_dim, interleaved, position_scale);
+  write_kv_paged_(k_pages, v_pages, k, v, slot_blocks, slot_offsets, k_scales, v_scales);
+  return paged_attention(q, k_pages.transpose(1, 2), v_pages.transpose(1, 2), block_tables,
+                         query_start, seq_lens, scale, window, fixed_chunk, k_scales, v_scales);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(ember, m) {
@@ -1016,6 +1041,13 @@ TORCH_LIBRARY_FRAGMENT(ember, m) {
       "Tensor query_start, Tensor seq_lens, float scale, int window, int fixed_chunk=0, "
       "Tensor? k_scales=None, Tensor? v_scales=None) -> Tensor");
   m.def(
+      "paged_cached_attention(Tensor(a!) q, Tensor(b!) k, Tensor v, Tensor(c!) k_pages, "
+      "Tensor(d!) v_pages, Tensor slot_blocks, Tensor slot_offsets, Tensor positions, "
+      "Tensor inv_freq, int rotary_dim, bool interleaved, float position_scale, "
+      "Tensor block_tables, Tensor query_start, Tensor seq_lens, float scale, int window, "
+      "int fixed_chunk=0, Tensor(e!)? k_scales=None, Tensor(f!)? v_scales=None, "
+      "Tensor? q_norm=None, Tensor? k_norm=None, float norm_eps=1e-6) -> Tensor");
+  m.def(
       "cached_attention(Tensor(a!) q, Tensor(b!) k, Tensor v, Tensor(c!) k_cache, "
       "Tensor(d!) v_cache, Tensor positions, Tensor inv_freq, int rotary_dim, bool interleaved, "
       "float position_scale, int start, float scale, int window, Tensor? q_norm=None, "
@@ -1034,4 +1066,5 @@ TORCH_LIBRARY_IMPL(ember, CPU, m) {
   m.impl("decode_attention", &decode_attention);
   m.impl("paged_attention", &paged_attention);
   m.impl("cached_attention", &cached_attention);
+  m.impl("paged_cached_attention", &paged_cached_attention);
 }
