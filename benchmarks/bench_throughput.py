@@ -7,6 +7,7 @@ Usage: .venv/bin/python benchmarks/bench_throughput.py [--threads 2] [--models a
 - prefix:  32 requests sharing a 1,024-token prefix: mean time to first token with and without
            the prefix cache, after one warm-up request.
 - soak:    many requests of random length through one engine; resident memory over time.
+- deterministic: the batch workload with and without batch invariance (what it costs).
 Run on an otherwise idle machine.
 """
 
@@ -82,6 +83,19 @@ def main() -> None:
                 shown = f"{theirs:.1f}" if theirs else "n/a"
                 print(f"| {label} | {mine:.1f} | {shown} | {ratio} |", flush=True)
             print()
+        if "deterministic" in workloads:
+            import dataclasses
+
+            fast = run_batch(loaded, n, 128, 128, config)
+            exact = run_batch(loaded, n, 128, 128, dataclasses.replace(config, deterministic=True))
+            print(
+                f"deterministic: {n} x (128 + 128): output tok/s end to end {fast.output_speed:.1f}"
+                f" default vs {exact.output_speed:.1f} deterministic "
+                f"({exact.output_speed / fast.output_speed:.2f}x); prompt phase "
+                f"{fast.prompt_speed:.0f} vs {exact.prompt_speed:.0f} tok/s, decode phase "
+                f"{fast.decode_speed:.0f} vs {exact.decode_speed:.0f} tok/s\n",
+                flush=True,
+            )
         if "prefix" in workloads:
             result = run_prefix(loaded, n, 1024, 32, 8, config)
             print(
