@@ -18,9 +18,16 @@ from ember.errors import EmberError, RegistryError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    if arguments[:2] == ["bench", "serve"]:
+        # `ember bench [MODEL]` keeps its optional positional model, so the serving benchmark is
+        # picked by the word itself rather than by an argparse sub-command under `bench`.
+        from ember.cli_generate import build_bench_serve_parser
+
+        parser, arguments = build_bench_serve_parser(), arguments[2:]
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(arguments)
     except SystemExit as exc:  # --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else 2
     if getattr(args, "handler", None) is None:
@@ -75,8 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rm(commands)
     _add_show(commands)
     from ember.cli_generate import add_commands
+    from ember.cli_serve import add_command as add_serve
 
     add_commands(commands)
+    add_serve(commands)
     return parser
 
 

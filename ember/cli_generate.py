@@ -81,8 +81,9 @@ def add_commands(commands: Any) -> None:
         help="prefill and decode speed (llama-bench style), beside llama.cpp's",
         description="Prints ppN (prompt tokens/s) and tgN (generated tokens/s) for MODEL, with "
         "llama-bench's figures on the same file when llama.cpp is built.",
+        epilog="`ember bench serve --help`: load-test an OpenAI-compatible server instead.",
     )
-    bench.add_argument("model", nargs="?", default=DEFAULT_MODEL)
+    bench.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="(or `serve`: see below)")
     bench.add_argument("-p", "--prompt", default="512", help="prompt sizes, e.g. 512,4096")
     bench.add_argument("-n", "--gen", type=int, default=128, help="tokens to generate (0: none)")
     bench.add_argument("-t", "--threads", type=int, default=None)
@@ -335,3 +336,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         loaded, source.path, threads, sizes, args.gen, peer_dir, lambda row: print(row, flush=True)
     )
     return 0
+
+
+def build_bench_serve_parser() -> argparse.ArgumentParser:
+    """`ember bench serve`: its own parser, chosen by cli.main when `serve` follows `bench`."""
+    from ember.bench.serve import add_arguments, run_command
+
+    parser = argparse.ArgumentParser(
+        prog="ember bench serve",
+        description="Load-test an OpenAI-compatible server (Ember, llama-server, vLLM) with a "
+        "traffic shape; report TTFT, TPOT, ITL and end-to-end latency percentiles, throughput, "
+        "goodput and the server's prefix-cache hit rate.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(handler=run_command)
+    return parser

@@ -34,6 +34,11 @@ def wheel_dir() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
+def api_key() -> str | None:
+    """EMBER_API_KEY, if set: the default for `ember serve --api-key`."""
+    return os.environ.get("EMBER_API_KEY") or None
+
+
 def debug() -> bool:
     """EMBER_DEBUG=1: show tracebacks of internal errors instead of one line."""
     return bool(os.environ.get("EMBER_DEBUG"))

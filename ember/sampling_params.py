@@ -8,7 +8,9 @@ sampler never has to ask "greedy but with top_k=5?".
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import json as _json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +39,10 @@ class SamplingType(enum.IntEnum):
 
 
 def _fail(name: str, rule: str, value: object) -> SamplingParamsError:
-    return SamplingParamsError(f"{name} must be {rule}, got {value!r}")
+    shown = repr(value)
+    if len(shown) > 120:  # a whole JSON schema does not belong in a one-line error
+        shown = shown[:117] + "..."
+    return SamplingParamsError(f"{name} must be {rule}, got {shown}")
 
 
 def _as_float(name: str, value: object) -> float:
@@ -113,6 +118,152 @@ def _normalise_logit_bias(value: object) -> dict[int, float] | None:
     return result
 
 
+STRUCTURED_KINDS = ("json", "json_object", "regex", "grammar", "choice", "structural_tag")
+"""The kinds of constraint StructuredOutputs can carry; a request sets exactly one."""
+
+
+def _json_spec(name: str, value: object) -> str:
+    """A JSON object given as a dict or as JSON text -> its JSON text (key order kept: it is
+    the order the output's properties follow)."""
+    if isinstance(value, str):
+        try:
+            parsed = _json.loads(value)
+        except ValueError as exc:
+            raise _fail(name, f"valid JSON ({exc})", value) from None
+        if not isinstance(parsed, dict):
+            raise _fail(name, "a JSON object", value)
+        return value
+    if not isinstance(value, Mapping):
+        raise _fail(name, "a JSON object (a dict or JSON text)", value)
+    try:
+        return _json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise _fail(name, f"JSON-serialisable ({exc})", value) from None
+
+
+@dataclass(frozen=True, init=False)
+class StructuredOutputs:
+    """A constraint on the generated text, enforced token by token by a grammar.
+
+    Exactly one kind is set (see STRUCTURED_KINDS). The engine compiles it for the model's
+    vocabulary (ember.structured); a spec the grammar library rejects fails add_request with a
+    one-line RequestError. The output ends with finish_reason "stop" as soon as the grammar is
+    complete and nothing more may follow.
+    """
+
+    json: Mapping[str, Any] | str | None
+    """A JSON schema (dict or JSON text): the output is one JSON value valid under it."""
+    json_object: bool
+    """Any JSON object (OpenAI's response_format {"type": "json_object"})."""
+    regex: str | None
+    """The output fully matches this regular expression."""
+    grammar: str | None
+    """An EBNF grammar in llama.cpp's GBNF dialect; the output matches its `root` rule."""
+    choice: list[str] | None
+    """The output is exactly one of these strings."""
+    structural_tag: Mapping[str, Any] | str | None
+    """An xgrammar structural tag (dict or JSON text): free text with constrained segments,
+    e.g. tool-call arguments that must match a schema once a trigger string appears."""
+    any_whitespace: bool
+    """JSON kinds: allow any whitespace between tokens (True), or only the single-line layout
+    of json.dumps (False: ", " and ": " separators), which keeps small models from
+    wandering off into whitespace."""
+    strict: bool
+    """JSON kinds: objects may hold only the properties the schema lists (OpenAI's strict
+    mode); False follows JSON Schema's default of allowing additional properties."""
+
+    def __init__(
+        self,
+        *,
+        json: Mapping[str, Any] | str | None = None,
+        json_object: bool = False,
+        regex: str | None = None,
+        grammar: str | None = None,
+        choice: Sequence[str] | None = None,
+        structural_tag: Mapping[str, Any] | str | None = None,
+        any_whitespace: bool = True,
+        strict: bool = True,
+    ) -> None:
+        values, kind, spec = _validate_structured(locals())
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+        # Fixed now: a caller mutating its schema dict later must not change the constraint.
+        object.__setattr__(self, "_kind", kind)
+        object.__setattr__(self, "_spec", spec)
+
+    @property
+    def kind(self) -> str:
+        """Which constraint is set: one of STRUCTURED_KINDS."""
+        return str(self.__dict__["_kind"])
+
+    @property
+    def spec(self) -> str:
+        """The constraint as text: JSON for json and structural_tag, the pattern or grammar as
+        given, the choices as a JSON list, "" for json_object."""
+        return str(self.__dict__["_spec"])
+
+
+def _validate_structured(args: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
+    """(field values, kind, spec text) of StructuredOutputs' arguments."""
+    prefix = "structured_outputs."
+    del args["self"]
+    for name in ("json_object", "any_whitespace", "strict"):
+        if not isinstance(args[name], bool):
+            raise _fail(prefix + name, "True or False", args[name])
+    for name in ("regex", "grammar"):
+        value = args[name]
+        if value is not None and (not isinstance(value, str) or not value):
+            raise _fail(prefix + name, "a non-empty string", value)
+    texts = {
+        name: _json_spec(prefix + name, args[name])
+        for name in ("json", "structural_tag")
+        if args[name] is not None
+    }
+    choice = args["choice"]
+    if choice is not None:
+        if isinstance(choice, str) or not isinstance(choice, Sequence) or not choice:
+            raise _fail(prefix + "choice", "a non-empty list of strings", choice)
+        for item in choice:
+            if not isinstance(item, str) or not item:
+                raise _fail(prefix + "choice", "non-empty strings", item)
+        choice = list(choice)
+    given = [
+        kind
+        for kind in STRUCTURED_KINDS
+        if (args[kind] is True if kind == "json_object" else args[kind] is not None)
+    ]
+    if len(given) != 1:
+        kinds = ", ".join(STRUCTURED_KINDS)
+        got = " and ".join(given) if given else "none"
+        raise SamplingParamsError(f"structured_outputs needs exactly one of {kinds}; got {got}")
+    kind = given[0]
+    if kind in texts:
+        spec = texts[kind]
+    elif kind == "choice":
+        spec = _json.dumps(choice, ensure_ascii=False)
+    else:
+        spec = args[kind] if kind != "json_object" else ""
+    for name, text in texts.items():
+        if not isinstance(args[name], str):
+            args[name] = _json.loads(text)  # a private copy of the caller's dict
+    return {**args, "choice": choice}, kind, spec
+
+
+def _normalise_structured(value: object) -> StructuredOutputs | None:
+    if value is None or isinstance(value, StructuredOutputs):
+        return value
+    if not isinstance(value, Mapping):
+        rule = "a StructuredOutputs, a dict of its fields or None"
+        raise _fail("structured_outputs", rule, value)
+    names = [field.name for field in dataclasses.fields(StructuredOutputs)]
+    unknown = sorted(str(key) for key in value if key not in names)
+    if unknown:
+        raise SamplingParamsError(
+            f"structured_outputs has no field {unknown[0]!r}; use one of " + ", ".join(names)
+        )
+    return StructuredOutputs(**value)
+
+
 @dataclass(frozen=True, init=False)
 class SamplingParams:
     """How to pick each next token of one request, and when to stop.
@@ -162,6 +313,9 @@ class SamplingParams:
     """Leave special tokens out of the returned text."""
     logit_bias: dict[int, float] | None
     """Added to the logits of these token ids before anything else."""
+    structured_outputs: StructuredOutputs | None
+    """Constrain the output to a JSON schema, regex, grammar or fixed choices (a dict of
+    StructuredOutputs fields is accepted too)."""
 
     def __init__(
         self,
@@ -185,6 +339,7 @@ class SamplingParams:
         include_stop_str_in_output: bool = False,
         skip_special_tokens: bool = True,
         logit_bias: Mapping[int, float] | Mapping[str, float] | None = None,
+        structured_outputs: StructuredOutputs | Mapping[str, Any] | None = None,
     ) -> None:
         values = _validate(locals())
         for name, value in values.items():
@@ -294,5 +449,6 @@ def _validate(args: dict[str, Any]) -> dict[str, Any]:
             "prompt_logprobs", args["prompt_logprobs"], MAX_LOGPROBS
         ),
         "logit_bias": _normalise_logit_bias(args["logit_bias"]),
+        "structured_outputs": _normalise_structured(args["structured_outputs"]),
         **flags,
     }

@@ -72,6 +72,11 @@ class Generator:
         if bad is not None:
             raise RequestError(f"prompt token id {bad} is outside the vocabulary (0..{vocab - 1})")
         params.verify_vocab_size(vocab)
+        if getattr(params, "structured_outputs", None) is not None:
+            raise RequestError(
+                "structured outputs need the serving engine (LLM.generate / ember serve), "
+                "not the single-sequence stream"
+            )
         room = self.max_model_len - len(prompt_ids)
         if room <= 0:
             raise RequestError(

@@ -40,6 +40,7 @@ from ember.runner.model_runner import ModelRunner, RunnerOutput
 from ember.sample.logprobs import PositionLogprobs
 from ember.sample.state import RequestSamplingState
 from ember.sampling_params import SamplingParams
+from ember.structured import PendingGrammar, StructuredCompiler
 from ember.tokenizer.detokenizer import IncrementalDetokenizer
 
 log = logging.getLogger("ember.engine")
@@ -53,6 +54,8 @@ _KV_DTYPES = {
     "fp32": torch.float32,
     "int8": torch.int8,
 }
+_GRAMMAR_MAY_END = (None, FinishReason.LENGTH)
+"""Finish reasons a completed structured-output grammar turns into "stop"."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,13 @@ class LLMEngine:
         )
         self.kv = PagedKVCache(model_config, num_blocks, config.block_size, kv_dtype, groups)
         self.runner = ModelRunner(loaded.model, self.kv, deterministic=config.deterministic)
+        # Structured outputs: grammars compile on a background thread (nothing starts until the
+        # first constrained request).
+        self.structured = (
+            StructuredCompiler(self.tokenizer, model_config.vocab_size, self.eos_token_ids)
+            if self.tokenizer is not None
+            else None
+        )
         self._parents: dict[str, _Parent] = {}
         self._completions: dict[str, _Completion] = {}
 
@@ -160,6 +170,7 @@ class LLMEngine:
             raise RequestError(f"request id {request_id!r} is already in use")
         prompt_ids = list(prompt_token_ids)
         self._validate(prompt_ids, params)
+        grammar = self._start_grammar(params)
         want_logprobs = params.logprobs is not None
         outputs = [
             CompletionOutput(
@@ -204,7 +215,12 @@ class LLMEngine:
                 )
                 self.scheduler.add_request(request)
                 added.append(child_id)
-                state = RequestSamplingState(child_params, prompt_ids, self.eos_token_ids)
+                state = RequestSamplingState(
+                    child_params,
+                    prompt_ids,
+                    self.eos_token_ids,
+                    grammar=grammar.new_state() if grammar is not None else None,
+                )
                 plp = params.prompt_logprobs if index == 0 else None
                 self.runner.add_request(child_id, state, plp)
                 detokenizer = (
@@ -249,6 +265,19 @@ class LLMEngine:
                 f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({params.max_tokens}) "
                 f"exceeds the context length of {self.max_model_len} tokens"
             )
+
+    def _start_grammar(self, params: SamplingParams) -> PendingGrammar | None:
+        """Start compiling the request's grammar (RequestError for a spec that cannot work).
+
+        The compile runs in the background while the request waits and prefills; only its first
+        sampling step waits for it, if it is still running then.
+        """
+        spec = params.structured_outputs
+        if spec is None:
+            return None
+        if self.structured is None:
+            raise RequestError("structured outputs need the model's tokenizer, and none is loaded")
+        return self.structured.compile(spec)
 
     def abort_request(self, request_id: str) -> bool:
         """Stop a request now and free its blocks; False if it is unknown or already done."""
@@ -298,7 +327,16 @@ class LLMEngine:
                 continue
             parent = completion.parent
             cached[parent.request_id] = update.num_cached_tokens
-            delta = self._advance(completion, update.new_token_ids, result, update.finish_reason)
+            finish, new_tokens = update.finish_reason, update.new_token_ids
+            grammar_error = result.grammar_errors.get(update.request_id)
+            if grammar_error is not None and finish is None:
+                self.scheduler.finish_requests([update.request_id], FinishReason.ERROR)
+                finish, new_tokens, parent.error = FinishReason.ERROR, [], grammar_error
+            elif update.request_id in result.grammar_ended and finish in _GRAMMAR_MAY_END:
+                # The grammar is complete: a natural end, even on the last token max_tokens allows.
+                self.scheduler.finish_requests([update.request_id], FinishReason.STOP)
+                finish = FinishReason.STOP
+            delta = self._advance(completion, new_tokens, result, finish)
             if update.error is not None:
                 parent.error = update.error
             if delta is not None:
@@ -383,7 +421,12 @@ class LLMEngine:
             step_logprobs = [self._logprob_dict(logprob)]
         text = completion.text
         for token in new_tokens:
-            ends_on_token = finish is FinishReason.STOP and token == new_tokens[-1]
+            ends_on_token = (
+                finish is FinishReason.STOP
+                and token == new_tokens[-1]
+                # not a token that completed a grammar: that one is text
+                and (token in self.eos_token_ids or token in params.stop_token_ids)
+            )
             if ends_on_token and token in params.stop_token_ids:
                 stop_reason = token
             if ends_on_token:

@@ -3,6 +3,10 @@
 Every scheduled request contributes its chunk of tokens to one flat batch; logits are computed
 only for the rows that need them (the last row of a chunk that reaches the end of the known
 tokens, and the prompt rows of requests asking for prompt logprobs).
+
+Requests with structured outputs get their grammar's token mask applied to their logits row
+before sampling; the masks are filled on a worker thread during the forward pass
+(ember.structured.masks), and a batch without such requests skips all of it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from ember.models.base import DecoderLM
 from ember.sample.logprobs import PositionLogprobs, score_tokens
 from ember.sample.sampler import Sampler
 from ember.sample.state import RequestSamplingState
+from ember.structured.masks import GrammarMasker
 
 
 @dataclass
@@ -31,6 +36,11 @@ class RunnerOutput:
     )
     """This step's slice of the prompt logprobs: (index of its first prompt token, entries);
     the prompt's first token has None (nothing predicts it)."""
+    grammar_ended: set[str] = field(default_factory=set)
+    """Requests whose structured-output grammar is complete with this step's token: they end
+    with finish_reason "stop"."""
+    grammar_errors: dict[str, str] = field(default_factory=dict)
+    """Requests that cannot go on under their grammar, with a one-line reason."""
 
 
 @dataclass
@@ -52,6 +62,7 @@ class ModelRunner:
         self.kv = kv
         self.sampler = sampler or Sampler()
         self.requests: dict[str, _RunnerRequest] = {}
+        self.grammar_masker = GrammarMasker()
 
     def add_request(
         self, request_id: str, state: RequestSamplingState, num_prompt_logprobs: int | None
@@ -88,6 +99,9 @@ class ModelRunner:
         token_ids = torch.tensor(
             [token for item in items for token in item.token_ids], dtype=torch.int64
         )
+        # Structured-output masks are filled on a worker thread while the model runs.
+        sampling_states = [self.requests[i.request_id].state for i in items if i.needs_logits]
+        masks = self.grammar_masker.start([state.grammar for state in sampling_states])
         # A batch of decode steps (no prompt chunk) takes the int8 GEMM; see integer_batches.
         decode_only = all(item.num_tokens == 1 for item in items)
         with integer_batches(len(items) if decode_only else 0):
@@ -111,7 +125,9 @@ class ModelRunner:
         if sample_rows:
             with integer_batches(len(sample_rows) if decode_only else 0):
                 logits = self.model.compute_logits(hidden[sample_rows])
-            states = [self.requests[rid].state for rid in sample_ids]
+            states = sampling_states
+            if masks is not None:
+                masks.apply(logits)
             sampled = self.sampler.sample(logits, states)
             for rid, state, token, logprob in zip(
                 sample_ids, states, sampled.token_ids, sampled.logprobs, strict=True
@@ -120,6 +136,11 @@ class ModelRunner:
                 result.sampled[rid] = [token]
                 if logprob is not None:
                     result.logprobs[rid] = logprob
+                grammar = state.grammar
+                if grammar is not None and grammar.error is not None:
+                    result.grammar_errors[rid] = grammar.error
+                elif grammar is not None and grammar.ended:
+                    result.grammar_ended.add(rid)
         for rid, first, count, offset in scored:
             first_index = 0 if offset == 0 else offset + 1
             result.prompt_logprobs[rid] = (

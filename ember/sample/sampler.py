@@ -2,6 +2,8 @@
 
 Order of operations is vLLM v1's:
 
+0. (before the sampler, in the model runner) structured outputs: tokens the request's grammar
+   does not allow are already -inf, so even raw logprobs reflect the grammar, as in vLLM;
 1. raw logprobs, if requested and logprobs_mode is "raw_logprobs" (vLLM's default): the
    log-softmax of the model's logits before anything below touches them;
 2. min_tokens (EOS and stop token ids set to -inf) and logit_bias (added);

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from ember.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from ember.structured.matcher import GrammarState
 
 
 class RequestSamplingState:
@@ -24,8 +28,12 @@ class RequestSamplingState:
         params: SamplingParams,
         prompt_token_ids: Sequence[int],
         eos_token_ids: Iterable[int] = (),
+        grammar: GrammarState | None = None,
     ) -> None:
         self.params = params
+        self.grammar = grammar
+        """The request's structured-output constraint: the model runner masks this sequence's
+        logits with it, and append_token advances it."""
         self.prompt_token_ids: Sequence[int] = prompt_token_ids
         self._output_token_ids: list[int] = []
         # vLLM masks EOS during min_tokens even with ignore_eos; so do we, to match its outputs.
@@ -54,12 +62,16 @@ class RequestSamplingState:
         self._output_token_ids.append(token_id)
         if self._output_counts is not None:
             self._output_counts[token_id] += 1.0
+        if self.grammar is not None:
+            self.grammar.accept(token_id)
 
     @property
     def needs_min_tokens_mask(self) -> bool:
         return (
             bool(self.min_tokens_blocked_ids)
             and len(self._output_token_ids) < self.params.min_tokens
+            # A grammar that allows nothing but a stop token outranks min_tokens.
+            and not (self.grammar is not None and self.grammar.must_stop)
         )
 
     def blocked_ids_tensor(self, vocab_size: int) -> torch.Tensor:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -11,6 +12,7 @@ from ember.sampling_params import (
     SamplingParams,
     SamplingParamsError,
     SamplingType,
+    StructuredOutputs,
 )
 
 
@@ -182,3 +184,86 @@ def test_frozen_and_replace_revalidates() -> None:
     assert dataclasses.replace(params, top_k=3).top_k == 3
     with pytest.raises(SamplingParamsError):
         dataclasses.replace(params, top_k=-3)
+
+
+# -- structured outputs ---------------------------------------------------------------------------
+
+
+def test_structured_outputs_default_to_none_and_accept_a_dict() -> None:
+    assert SamplingParams().structured_outputs is None
+    params = SamplingParams(structured_outputs={"regex": r"\d+", "any_whitespace": False})
+    spec = params.structured_outputs
+    assert isinstance(spec, StructuredOutputs)
+    assert (spec.kind, spec.spec, spec.any_whitespace, spec.strict) == (
+        "regex",
+        r"\d+",
+        False,
+        True,
+    )
+
+
+def test_structured_outputs_kinds_and_spec_texts() -> None:
+    schema = {"type": "object", "properties": {"b": {}, "a": {}}}
+    assert StructuredOutputs(json=schema).spec == json.dumps(schema)  # key order kept
+    assert StructuredOutputs(json='{"type": "object"}').spec == '{"type": "object"}'
+    assert StructuredOutputs(json_object=True).kind == "json_object"
+    assert StructuredOutputs(grammar='root ::= "x"').kind == "grammar"
+    choice = StructuredOutputs(choice=("yes", "no"))
+    assert choice.choice == ["yes", "no"] and choice.spec == '["yes", "no"]'
+    assert StructuredOutputs(structural_tag={"type": "structural_tag"}).kind == "structural_tag"
+
+
+def test_structured_outputs_keep_a_copy_of_the_schema() -> None:
+    schema: dict[str, object] = {"type": "object"}
+    spec = StructuredOutputs(json=schema)
+    schema["type"] = "array"
+    assert spec.json == {"type": "object"} and spec.spec == '{"type": "object"}'
+
+
+def test_structured_outputs_survive_replace() -> None:
+    params = SamplingParams(seed=1, structured_outputs={"choice": ["a", "b"]})
+    assert dataclasses.replace(params, seed=2).structured_outputs == params.structured_outputs
+
+
+BAD_STRUCTURED = [
+    ({}, "exactly one of"),
+    ({"regex": "a", "choice": ["a"]}, "got regex and choice"),
+    ({"json_object": False}, "got none"),
+    ({"json": "{"}, "structured_outputs.json must be valid JSON"),
+    ({"json": "[1]"}, "structured_outputs.json must be a JSON object"),
+    ({"json": [1]}, "structured_outputs.json must be a JSON object"),
+    ({"json": {"x": {1, 2}}}, "structured_outputs.json must be JSON-serialisable"),
+    ({"json": {"x": math.nan}}, "structured_outputs.json must be JSON-serialisable"),
+    ({"regex": ""}, "structured_outputs.regex must be a non-empty string"),
+    ({"grammar": 3}, "structured_outputs.grammar must be a non-empty string"),
+    ({"choice": "ab"}, "structured_outputs.choice must be a non-empty list"),
+    ({"choice": []}, "structured_outputs.choice must be a non-empty list"),
+    ({"choice": ["a", ""]}, "structured_outputs.choice must be non-empty strings"),
+    ({"choice": ["a", 1]}, "structured_outputs.choice must be non-empty strings"),
+    ({"json_object": 1}, "structured_outputs.json_object must be True or False"),
+    ({"regex": "a", "strict": "yes"}, "structured_outputs.strict must be True or False"),
+    ({"regex": "a", "any_whitespace": None}, "structured_outputs.any_whitespace must be"),
+    ({"regexp": "a"}, "structured_outputs has no field 'regexp'"),
+]
+
+
+@pytest.mark.parametrize(("value", "message"), BAD_STRUCTURED, ids=[m for _, m in BAD_STRUCTURED])
+def test_bad_structured_outputs_raise_one_line_errors(value: dict, message: str) -> None:
+    with pytest.raises(SamplingParamsError) as info:
+        SamplingParams(structured_outputs=value)
+    text = str(info.value)
+    assert "\n" not in text and text.startswith("structured_outputs")
+    assert message in text
+
+
+def test_structured_outputs_must_be_the_class_or_a_dict() -> None:
+    with pytest.raises(
+        SamplingParamsError, match="^structured_outputs must be a StructuredOutputs"
+    ):
+        SamplingParams(structured_outputs="json")  # type: ignore[arg-type]
+
+
+def test_a_huge_schema_is_cut_short_in_the_error() -> None:
+    with pytest.raises(SamplingParamsError) as info:
+        StructuredOutputs(json="[" + "1," * 500 + "1]")
+    assert len(str(info.value)) < 300
