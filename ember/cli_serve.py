@@ -15,7 +15,10 @@ def add_command(commands: Any) -> None:
         "serve",
         help="serve a model over HTTP (OpenAI-compatible API)",
         description="Load MODEL and serve it on HOST:PORT: /v1/chat/completions, "
-        "/v1/completions, /v1/embeddings, /v1/models, /tokenize, /detokenize, /health, /metrics. "
+        "/v1/completions, /v1/embeddings, /v1/models, /tokenize, /detokenize, /health, /metrics; "
+        "Anthropic's /v1/messages; Ollama's /api/generate, /api/chat, /api/tags, /api/ps, ... "
+        "Other downloaded library models load on first use (see --keep-alive, "
+        "--max-loaded-models, --memory-budget). "
         "SIGTERM drains in-flight requests, then exits 0.",
     )
     serve.add_argument(
@@ -88,6 +91,24 @@ def add_command(commands: Any) -> None:
         help="waiting requests beyond this get 429 (default 1024)",
     )
     model.add_argument("--no-prefix-caching", action="store_true")
+    model.add_argument(
+        "--keep-alive",
+        default="5m",
+        help="how long a model loaded on first use stays loaded when idle: a duration (5m, "
+        "30s, 1h), seconds, 0 (unload when idle) or negative (forever); default 5m",
+    )
+    model.add_argument(
+        "--max-loaded-models",
+        type=int,
+        default=None,
+        help="most models loaded at once; loading one more unloads the least recently used idle",
+    )
+    model.add_argument(
+        "--memory-budget",
+        type=int,
+        default=None,
+        help="bytes all loaded models may use (weights file + KV pool, estimated)",
+    )
     model.add_argument(
         "--deterministic",
         action="store_true",
@@ -169,6 +190,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # Every flag is checked before the model loads: a typo costs no waiting.
     settings = _settings(args)
     engine_config = _engine_config(args)
+    _check_model_flags(args)
     names = tuple(args.served_model_name or ())
     if any(not name.strip() for name in names):
         raise RequestError("--served-model-name: names must not be empty")
@@ -191,6 +213,39 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             state = ServerState(settings, [served])
         except ValueError as exc:
             raise RequestError(str(exc)) from None
+        state.models = _model_manager(args, state, engine_config, {served: source.path})
         return run_server(state, sock, log_level=args.log_level)
     finally:
         sock.close()
+
+
+def _check_model_flags(args: argparse.Namespace) -> None:
+    from ember.server.errors import ApiError
+    from ember.server.models import parse_keep_alive
+
+    try:
+        parse_keep_alive(args.keep_alive)
+    except ApiError as exc:
+        raise RequestError(f"--keep-alive: {exc.message}") from None
+    for flag, value in (
+        ("--max-loaded-models", args.max_loaded_models),
+        ("--memory-budget", args.memory_budget),
+    ):
+        if value is not None and value < 1:
+            raise RequestError(f"{flag} must be positive, got {value}")
+
+
+def _model_manager(
+    args: argparse.Namespace, state: Any, engine_config: Any, startup_paths: dict[Any, Any]
+) -> Any:
+    from ember.server.models import ModelManager, parse_keep_alive
+
+    keep_alive = parse_keep_alive(args.keep_alive)
+    return ModelManager(
+        state,
+        engine_config,
+        startup_paths=startup_paths,
+        keep_alive=None if keep_alive is False else keep_alive,
+        max_loaded_models=args.max_loaded_models,
+        memory_budget=args.memory_budget,
+    )

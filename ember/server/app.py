@@ -18,8 +18,10 @@ from starlette.exceptions import HTTPException
 
 from ember.errors import EmberError
 from ember.server.encoding import JSONResponse
+from ember.server.error_shapes import dialect_error_body
 from ember.server.errors import ApiError, error_body, from_ember_error
 from ember.server.middleware import ApiKeyAuth, RequestContext, SizeLimit
+from ember.server.routes.page import ChatPage
 from ember.server.settings import PUBLIC_PATHS
 from ember.server.state import ServerState
 
@@ -28,7 +30,8 @@ log = logging.getLogger("ember.server")
 
 def create_app(state: ServerState) -> FastAPI:
     from ember import __version__
-    from ember.server.routes import openai, ops, tokenize
+    from ember.server.routes import anthropic, openai, ops, tokenize
+    from ember.server.routes.ollama import router as ollama_router
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -47,7 +50,7 @@ def create_app(state: ServerState) -> FastAPI:
         openapi_url=None,
     )
     app.state.ember = state
-    for router in (ops.router, openai.router, tokenize.router):
+    for router in (ops.router, openai.router, tokenize.router, anthropic.router, ollama_router):
         app.include_router(router)
     _add_error_handlers(app, state)
 
@@ -60,6 +63,7 @@ def create_app(state: ServerState) -> FastAPI:
     )
     if settings.api_key is not None:
         app.add_middleware(ApiKeyAuth, api_key=settings.api_key, public_paths=PUBLIC_PATHS)
+    app.add_middleware(ChatPage)  # outside the key check: the page loads without a key
     if settings.allowed_origins:
         from starlette.middleware.cors import CORSMiddleware
 
@@ -79,21 +83,24 @@ def _add_error_handlers(app: FastAPI, state: ServerState) -> None:
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
-        return JSONResponse(exc.body(), exc.status, headers=exc.headers)
+        body = dialect_error_body(request.url.path, exc.status, exc.body())
+        return JSONResponse(body, exc.status, headers=exc.headers)
 
     async def ember_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, EmberError)
         error = from_ember_error(exc, retry_after)
         if error.status >= 500:
             log.error("request failed: %s", error.message)
-        return JSONResponse(error.body(), error.status, headers=error.headers)
+        body = dialect_error_body(request.url.path, error.status, error.body())
+        return JSONResponse(body, error.status, headers=error.headers)
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         message = f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request"
-        return JSONResponse(error_body(message, param=where or None), 400)
+        body = dialect_error_body(request.url.path, 400, error_body(message, param=where or None))
+        return JSONResponse(body, 400)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -104,9 +111,8 @@ def _add_error_handlers(app: FastAPI, state: ServerState) -> None:
         else:
             message = str(exc.detail)
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return JSONResponse(
-            error_body(message, type=kind), exc.status_code, headers=dict(exc.headers or {})
-        )
+        body = dialect_error_body(request.url.path, exc.status_code, error_body(message, type=kind))
+        return JSONResponse(body, exc.status_code, headers=dict(exc.headers or {}))
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(EmberError, ember_error)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ember.core import SchedulerStats
 from ember.engine.async_engine import AsyncEngine
@@ -20,6 +20,9 @@ from ember.models.loader import LoadedModel
 from ember.server.errors import not_found, unavailable
 from ember.server.metrics import ServerMetrics
 from ember.server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from ember.server.models import ModelManager
 
 
 @dataclass(eq=False)
@@ -58,6 +61,9 @@ class ServerState:
                     raise ValueError(f"two served models are both called {name!r}")
                 self._by_name[name] = served
         self.metrics = ServerMetrics(self._engine_stats)
+        self.default_name = self.served[0].name
+        self.models: ModelManager | None = None
+        """Set by `ember serve`: loads models on first use and unloads idle ones (models.py)."""
         self.draining = False
         # Long prompts are tokenized here, off the event loop (see prompts.py).
         self.tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix="ember-tokenize")
@@ -72,6 +78,12 @@ class ServerState:
 
     async def model(self, name: str | None) -> ServedModel:
         """The served model a request names (None: the default one); 404 when unknown."""
+        if self.models is not None:
+            served = self._by_name.get(name or self.default_name)
+            if served is None:
+                served = await self.models.get(name or self.default_name)
+            self.models.touch(served)
+            return served
         if name is None:
             return self.default_model
         served = self._by_name.get(name)
@@ -82,6 +94,20 @@ class ServerState:
                 code="model_not_found",
             )
         return served
+
+    def register(self, served: ServedModel) -> None:
+        """Serve a model loaded after start-up (models.py)."""
+        self.served.append(served)
+        for name in served.names:
+            self._by_name.setdefault(name, served)
+
+    def unregister(self, served: ServedModel) -> None:
+        """Stop routing requests to a model about to be unloaded (models.py)."""
+        if served in self.served:
+            self.served.remove(served)
+        for name in served.names:
+            if self._by_name.get(name) is served:
+                del self._by_name[name]
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -94,6 +120,8 @@ class ServerState:
             engine = served.engine.engine
             assert engine is not None
             served.max_model_len = engine.max_model_len
+        if self.models is not None:
+            self.models.start()
 
     async def drain(self) -> int:
         """Stop admitting, let in-flight requests finish within the shutdown timeout, abort
@@ -105,7 +133,9 @@ class ServerState:
 
     async def stop(self) -> None:
         self.draining = True
-        for served in self.served:
+        if self.models is not None:
+            await self.models.stop()
+        for served in list(self.served):
             await served.engine.shutdown(timeout=self.settings.shutdown_timeout + 5)
         self.tokenize_pool.shutdown(wait=False, cancel_futures=True)
         self.embed_pool.shutdown(wait=False, cancel_futures=True)

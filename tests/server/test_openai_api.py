@@ -361,19 +361,3 @@ def test_tokenize_and_detokenize(http: httpx.Client, client: openai.OpenAI) -> N
     response = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=1)
     assert response.usage is not None and response.usage.prompt_tokens == chat["count"]
     assert http.post("/detokenize", json={"tokens": [10**9]}).status_code == 400
-
-
-def test_structured_output_and_tools_are_not_supported_yet(client: openai.OpenAI) -> None:
-    schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
-    for response_format in (schema, {"type": "json_object"}):
-        with pytest.raises(openai.BadRequestError) as caught:
-            client.chat.completions.create(
-                model=MODEL,
-                messages=CHAT,
-                max_tokens=2,
-                response_format=response_format,
-            )
-        assert "not supported yet" in str(caught.value)
-    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
-    with pytest.raises(openai.BadRequestError, match="tool calling is not supported yet"):
-        client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=2, tools=[tool])

@@ -5,7 +5,8 @@ Types are strict (a string is not a number, 1.5 is not an int); unknown fields a
 vLLM does, because clients send many OpenAI options that do not change generation (`user`,
 `store`, `metadata`, ...). Extensions over OpenAI (from vLLM): top_k, min_p,
 repetition_penalty, min_tokens, ignore_eos, stop_token_ids, prompt_logprobs,
-include_stop_str_in_output, skip_special_tokens, chat_template_kwargs.
+include_stop_str_in_output, skip_special_tokens, chat_template_kwargs, and the constrained-output
+fields guided_json / guided_regex / guided_grammar / guided_choice / structured_outputs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ember.sampling_params import SamplingParams
+from ember.sampling_params import SamplingParams, StructuredOutputs
 from ember.server.errors import ApiError, bad_request
 from ember.server.settings import Limits
 
@@ -61,6 +62,18 @@ class SamplingFields(_Body):
     skip_special_tokens: bool = True
     response_format: ResponseFormat | None = None
     user: str | None = None
+    # vLLM's constrained-output extras (see ember/server/structured.py).
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_grammar: str | None = None
+    guided_choice: list[str] | None = None
+    structured_outputs: dict[str, Any] | None = None
+
+    def constraint_extras(self) -> dict[str, Any]:
+        """vLLM's constrained-output fields that are set."""
+        names = ("guided_json", "guided_regex", "guided_grammar", "guided_choice")
+        values = {name: getattr(self, name) for name in (*names, "structured_outputs")}
+        return {name: value for name, value in values.items() if value is not None}
 
     @property
     def include_usage(self) -> bool:
@@ -262,6 +275,7 @@ def sampling_params(
     max_tokens: int | None,
     logprobs: int | None,
     prompt_logprobs: int | None,
+    structured_outputs: StructuredOutputs | None = None,
 ) -> SamplingParams:
     """SamplingParams for one prompt of `body` (SamplingParamsError, a RequestError, is a 400).
 
@@ -292,6 +306,7 @@ def sampling_params(
             prompt_logprobs=prompt_logprobs,
             include_stop_str_in_output=body.include_stop_str_in_output,
             skip_special_tokens=body.skip_special_tokens,
+            structured_outputs=structured_outputs,
         )
     except ValueError as exc:  # SamplingParamsError: "<field> must be ..."
         field = str(exc).split(" ", 1)[0]

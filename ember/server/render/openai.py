@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ember.engine.outputs import PositionLogprobDict, TokenLogprob
@@ -23,6 +23,7 @@ from ember.server.generation import (
     failure,
 )
 from ember.server.sse import DONE, event
+from ember.server.tools import ToolCallDelta, ToolCallParser, parse_tool_calls
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class RenderContext:
     show_prompt_logprobs: bool = False
     """The client asked for prompt_logprobs (echo with logprobs scores the prompt too)."""
     created: int = 0
+    parse_tools: bool = False
+    """The request offered tools: calls in the output become message.tool_calls."""
 
     @classmethod
     def new(cls, prefix: str, generation: Generation, **fields: Any) -> RenderContext:
@@ -136,12 +139,20 @@ def chat_response(ctx: RenderContext, collected: Collected) -> dict[str, Any]:
         logprobs = None
         if ctx.top_logprobs is not None and choice.logprobs is not None:
             logprobs = chat_logprobs(ctx, choice.token_ids, choice.logprobs)
+        message: dict[str, Any] = {"role": "assistant", "content": choice.text, "refusal": None}
+        finish_reason = choice.finish_reason
+        if ctx.parse_tools:
+            parsed = parse_tool_calls(choice.text, finish_reason)
+            message["content"] = parsed.content
+            if parsed.calls:
+                message["tool_calls"] = [call.openai() for call in parsed.calls]
+            finish_reason = parsed.finish_reason
         choices.append(
             {
                 "index": choice.index,
-                "message": {"role": "assistant", "content": choice.text, "refusal": None},
+                "message": message,
                 "logprobs": logprobs,
-                "finish_reason": choice.finish_reason,
+                "finish_reason": finish_reason,
                 "stop_reason": choice.stop_reason,
             }
         )
@@ -175,6 +186,7 @@ async def chat_stream(ctx: RenderContext, generation: Generation) -> AsyncIterat
     """SSE chunks: the first of each choice carries the role, the last its finish_reason;
     with include_usage a final chunk with empty choices carries the usage."""
     started: set[int] = set()
+    tool_streams: dict[int, _ToolStream] = {}
     try:
         async for item in _checked(generation):
             if isinstance(item, ApiError):
@@ -183,12 +195,20 @@ async def chat_stream(ctx: RenderContext, generation: Generation) -> AsyncIterat
             for piece in item.delta.completions:
                 index = choice_index(item, piece, ctx.n)
                 delta: dict[str, Any] = {}
+                text = piece.text
+                finish_reason = piece.finish_reason
+                if ctx.parse_tools:
+                    tools = tool_streams.setdefault(index, _ToolStream())
+                    text, calls = tools.feed(piece.text, finished=finish_reason is not None)
+                    if calls:
+                        delta["tool_calls"] = calls
+                    finish_reason = tools.parser.finish_reason(finish_reason)
                 if index not in started:
                     started.add(index)
                     delta["role"] = "assistant"
-                    delta["content"] = piece.text
-                elif piece.text:
-                    delta["content"] = piece.text
+                    delta["content"] = text
+                elif text:
+                    delta["content"] = text
                 logprobs = None
                 if ctx.top_logprobs is not None and piece.logprobs and piece.token_ids:
                     logprobs = chat_logprobs(ctx, piece.token_ids, piece.logprobs)
@@ -198,7 +218,7 @@ async def chat_stream(ctx: RenderContext, generation: Generation) -> AsyncIterat
                     "index": index,
                     "delta": delta,
                     "logprobs": logprobs,
-                    "finish_reason": piece.finish_reason,
+                    "finish_reason": finish_reason,
                 }
                 if piece.finish_reason is not None:
                     choice["stop_reason"] = piece.stop_reason
@@ -214,6 +234,55 @@ async def chat_stream(ctx: RenderContext, generation: Generation) -> AsyncIterat
         yield DONE
     finally:
         await generation.close()
+
+
+@dataclass
+class _ToolStream:
+    """One choice's text split into content and tool-call deltas as it streams.
+
+    Whitespace before the first call, between calls and at the end is dropped, as the
+    non-streamed content is stripped.
+    """
+
+    parser: ToolCallParser = field(default_factory=ToolCallParser)
+    pending_space: str = ""
+    wrote_text: bool = False
+
+    def feed(self, text: str, *, finished: bool) -> tuple[str, list[dict[str, Any]]]:
+        pieces = self.parser.feed(text)
+        if finished:
+            pieces += self.parser.finish()
+        content: list[str] = []
+        calls: list[dict[str, Any]] = []
+        for part in pieces:
+            if isinstance(part, ToolCallDelta):
+                self.pending_space = ""
+                calls.append(_call_delta(part))
+                continue
+            held = self.pending_space + part
+            if not held.strip():
+                self.pending_space = held
+                continue
+            if not self.wrote_text:
+                held = held.lstrip()
+            stripped = held.rstrip()
+            self.pending_space = held[len(stripped) :]
+            content.append(stripped)
+            self.wrote_text = True
+        return "".join(content), calls
+
+
+def _call_delta(piece: ToolCallDelta) -> dict[str, Any]:
+    """OpenAI's shape: the first delta of a call has its id, type and name (arguments ""),
+    the rest only more arguments."""
+    if piece.id is None:
+        return {"index": piece.index, "function": {"arguments": piece.arguments}}
+    return {
+        "index": piece.index,
+        "id": piece.id,
+        "type": "function",
+        "function": {"name": piece.name, "arguments": piece.arguments},
+    }
 
 
 async def _checked(generation: Generation) -> AsyncIterator[Event | ApiError]:

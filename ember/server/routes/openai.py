@@ -36,7 +36,8 @@ from ember.server.render.openai import (
 )
 from ember.server.routes.common import read_json, respond, server_state, until_disconnected
 from ember.server.state import ServedModel, ServerState
-from ember.server.structured import check_tools, structured_output_constraint
+from ember.server.structured import checked_constraint, structured_output_constraint
+from ember.server.tools import prepare_tools
 
 router = APIRouter()
 
@@ -50,25 +51,43 @@ async def chat_completions(request: Request) -> Response:
     body = await read_json(request, ChatCompletionRequest)
     served = await state.model(body.model)
     state.check_admitting(served)
-    structured_output_constraint(body.response_format)
-    check_tools(body.tools, body.tool_choice)
+    constraint = structured_output_constraint(body.response_format, body.constraint_extras())
     limits = state.settings.limits
     logprobs = body.wanted_logprobs(limits)
     wanted = body.wanted_max_tokens()
     check_limits(body, limits, wanted)
     if body.stream and body.prompt_logprobs is not None:
         raise bad_request("prompt_logprobs is not supported with stream=true", "prompt_logprobs")
+    tools = await prepare_tools(
+        body.template_messages(),
+        getattr(served.tokenizer, "chat_template", None),
+        body.tools,
+        body.tool_choice,
+        parallel_tool_calls=body.parallel_tool_calls,
+    )
+    if tools.constraint is not None and constraint is not None:
+        raise bad_request(
+            'tool_choice "required" or a named function cannot be combined with an output '
+            "constraint",
+            "tool_choice",
+        )
+    constraint = tools.constraint or await checked_constraint(constraint)
     prompt = await chat_prompt(
         state.tokenize_pool,
         served.tokenizer,
         served.name,
-        body.template_messages(),
+        tools.messages,
         add_generation_prompt=body.add_generation_prompt,
+        tools=tools.template_tools,
         template_kwargs=body.chat_template_kwargs,
     )
     max_tokens = default_max_tokens(wanted, len(prompt.token_ids), served.max_model_len, limits)
     params = sampling_params(
-        body, max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=body.prompt_logprobs
+        body,
+        max_tokens=max_tokens,
+        logprobs=logprobs,
+        prompt_logprobs=body.prompt_logprobs,
+        structured_outputs=constraint,
     )
     generation = Generation(state, served, [EngineInput(prompt, params)])
     ctx = RenderContext.new(
@@ -79,6 +98,7 @@ async def chat_completions(request: Request) -> Response:
         show_prompt_logprobs=body.prompt_logprobs is not None,
         include_usage=body.include_usage,
         continuous_usage=bool(body.stream_options and body.stream_options.continuous_usage_stats),
+        parse_tools=tools.parse_calls,
     )
     return await respond(
         request,
@@ -96,7 +116,7 @@ async def completions(request: Request) -> Response:
     body = await read_json(request, CompletionRequest)
     served = await state.model(body.model)
     state.check_admitting(served)
-    structured_output_constraint(body.response_format)
+    constraint = structured_output_constraint(body.response_format, body.constraint_extras())
     limits = state.settings.limits
     if body.suffix:
         raise bad_request("suffix is not supported", "suffix")
@@ -109,6 +129,7 @@ async def completions(request: Request) -> Response:
     check_limits(body, limits, body.max_tokens)
     if body.stream and body.prompt_logprobs is not None:
         raise bad_request("prompt_logprobs is not supported with stream=true", "prompt_logprobs")
+    constraint = await checked_constraint(constraint)
     prompts = await _completion_prompts(state, served, body.prompt)
     wanted = body.max_tokens if body.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
     prompt_logprobs = body.prompt_logprobs
@@ -125,6 +146,7 @@ async def completions(request: Request) -> Response:
                 ),
                 logprobs=body.logprobs,
                 prompt_logprobs=prompt_logprobs,
+                structured_outputs=constraint,
             ),
         )
         for prompt in prompts
