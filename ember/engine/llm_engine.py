@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
 
 import psutil
@@ -139,6 +140,8 @@ class LLMEngine:
         )
         self._parents: dict[str, _Parent] = {}
         self._completions: dict[str, _Completion] = {}
+        # Constrained requests whose grammar is still compiling: not in the scheduler yet.
+        self._deferred: list[tuple[PendingGrammar, Request]] = []
 
     def _pool_blocks(self, block_bytes: int, num_groups: int) -> int:
         config = self.config
@@ -213,7 +216,12 @@ class LLMEngine:
                     cache_namespace=namespace,
                     sibling_group=request_id if params.n > 1 else None,
                 )
-                self.scheduler.add_request(request)
+                if grammar is not None and not grammar.is_ready:
+                    # Held back until its grammar compiles, so that no step ever waits for a
+                    # compile (unconstrained requests keep running meanwhile).
+                    self._deferred.append((grammar, request))
+                else:
+                    self.scheduler.add_request(request)
                 added.append(child_id)
                 state = RequestSamplingState(
                     child_params,
@@ -238,6 +246,7 @@ class LLMEngine:
                 )
                 parent.children.append(child_id)
         except RequestError:
+            self._deferred = [(g, r) for g, r in self._deferred if r.request_id not in added]
             self.scheduler.abort_requests(added)
             for child_id in added:
                 self.runner.remove_request(child_id)
@@ -284,6 +293,7 @@ class LLMEngine:
         parent = self._parents.pop(request_id, None)
         if parent is None:
             return False
+        self._deferred = [(g, r) for g, r in self._deferred if r.request_id not in parent.children]
         self.scheduler.abort_requests(parent.children)
         for child_id in parent.children:
             self.runner.remove_request(child_id)
@@ -308,6 +318,11 @@ class LLMEngine:
     # -- one step --------------------------------------------------------------------------
 
     def step(self) -> list[RequestDelta]:
+        admitted_errors = self._admit_compiled() if self._deferred else []
+        if admitted_errors or (self._deferred and not self.scheduler.has_unfinished_requests()):
+            if not admitted_errors:  # only compiles are pending: wait for one, briefly
+                wait([g.future for g, _ in self._deferred], 0.05, FIRST_COMPLETED)
+            return admitted_errors
         scheduled = self.scheduler.schedule()
         try:
             result = self.runner.execute(scheduled)
@@ -363,6 +378,37 @@ class LLMEngine:
                     cached.get(parent_id, 0),
                 )
             )
+        return deltas
+
+    def _admit_compiled(self) -> list[RequestDelta]:
+        """Hand requests whose grammar has compiled to the scheduler; error deltas for those it
+        refuses (a compile that failed is reported by the runner at the first sampling step)."""
+        waiting: list[tuple[PendingGrammar, Request]] = []
+        failed: dict[str, str] = {}
+        for grammar, request in self._deferred:
+            if not grammar.is_ready:
+                waiting.append((grammar, request))
+                continue
+            try:
+                self.scheduler.add_request(request)
+            except RequestError as exc:
+                completion = self._completions.get(request.request_id)
+                if completion is not None:
+                    failed[request.request_id] = str(exc)
+        self._deferred = waiting
+        deltas = []
+        for child_id, reason in failed.items():
+            completion = self._completions[child_id]
+            parent = completion.parent
+            parent.error = reason
+            parent.output.outputs[completion.index].finish_reason = FinishReason.ERROR.value
+            self._end_completion(completion, child_id)
+            finished = parent.unfinished == 0
+            if finished:
+                parent.output.finished = True
+                del self._parents[parent.request_id]
+            piece = StreamDelta(completion.index, "", [], None, FinishReason.ERROR.value)
+            deltas.append(RequestDelta(parent.request_id, [piece], finished, None, reason))
         return deltas
 
     def _fail_batch(self, scheduled: SchedulerOutput, reason: str) -> list[RequestDelta]:

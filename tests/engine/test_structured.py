@@ -642,3 +642,62 @@ def test_without_the_grammar_library_a_constrained_request_gets_a_one_line_error
     monkeypatch.setitem(sys.modules, "xgrammar", None)  # as if the extra were not installed
     with pytest.raises(RequestError, match=r"pip install 'ember\[structured\]'"):
         check_structured_outputs(StructuredOutputs(regex="[a-z]+x"))
+
+
+@pytest.mark.models
+def test_a_slow_compile_never_stalls_unconstrained_requests(
+    tiny: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a grammar compiles, its request waits outside the scheduler and the others run."""
+    engine = LLMEngine(tiny, EngineConfig(kv_cache_dtype="fp32", kv_cache_tokens=512))
+    assert engine.structured is not None
+    gate = threading.Event()
+    compile_now = engine.structured._compile
+
+    def held_compile(grammar: xgr.Grammar) -> xgr.CompiledGrammar:
+        assert gate.wait(60), "the test never released the compile"
+        return compile_now(grammar)
+
+    monkeypatch.setattr(engine.structured, "_compile", held_compile)
+    constrained = SamplingParams(
+        temperature=0.0, max_tokens=20, structured_outputs={"regex": TINY_REGEX}
+    )
+    free = SamplingParams(temperature=0.0, max_tokens=5, logit_bias=no_padding(tiny))
+    engine.add_request("constrained", [5, 6, 7], constrained)
+    engine.add_request("free", [8, 9], free)
+    finished: set[str] = set()
+    for _ in range(50):
+        finished |= {d.request_id for d in engine.step() if d.finished}
+        if "free" in finished:
+            break
+    assert finished == {"free"}  # done while the compile is still held
+    assert engine.has_unfinished_requests()
+    gate.set()
+    text = ""
+    while engine.has_unfinished_requests():
+        for delta in engine.step():
+            text += "".join(piece.text for piece in delta.completions)
+    assert re.fullmatch(TINY_REGEX, text), text
+
+
+@pytest.mark.models
+def test_aborting_a_request_whose_grammar_is_compiling(
+    tiny: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = LLMEngine(tiny, EngineConfig(kv_cache_dtype="fp32", kv_cache_tokens=512))
+    assert engine.structured is not None
+    gate = threading.Event()
+    compile_now = engine.structured._compile
+
+    def held_compile(grammar: xgr.Grammar) -> xgr.CompiledGrammar:
+        assert gate.wait(60), "the test never released the compile"
+        return compile_now(grammar)
+
+    monkeypatch.setattr(engine.structured, "_compile", held_compile)
+    params = SamplingParams(max_tokens=4, structured_outputs={"regex": "[a-c]+z"})
+    engine.add_request("x", [5, 6], params)
+    assert engine.abort_request("x")
+    gate.set()
+    assert not engine.has_unfinished_requests()
+    engine.step()
+    assert engine.stats().num_waiting == engine.stats().num_running == 0
