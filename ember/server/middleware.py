@@ -41,8 +41,13 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def send_error(send: Send, error: ApiError, extra_headers: list[tuple[bytes, bytes]]) -> None:
-    body = error.to_json()
+async def send_error(
+    send: Send, error: ApiError, extra_headers: list[tuple[bytes, bytes]], path: str = ""
+) -> None:
+    # In the dialect of the route asked for (Anthropic and Ollama clients read their own shape).
+    from ember.server.error_shapes import dialect_error_body
+
+    body = json.dumps(dialect_error_body(path, error.status, error.body())).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -85,7 +90,7 @@ class RequestContext:
                     500, f"internal error ({type(exc).__name__}: {first})", type="server_error"
                 )
                 status = 500
-                await send_error(send, error, [id_header])
+                await send_error(send, error, [id_header], scope.get("path", ""))
         finally:
             _log_access(scope, request_id, status, time.monotonic() - started)
 
@@ -128,7 +133,7 @@ class ApiKeyAuth:
                 else "incorrect API key"
             )
             error = ApiError(401, message, code="invalid_api_key")
-            await send_error(send, error, [(b"www-authenticate", b"Bearer")])
+            await send_error(send, error, [(b"www-authenticate", b"Bearer")], scope.get("path", ""))
             return
         await self.app(scope, receive, send)
 
@@ -167,11 +172,13 @@ class SizeLimit:
                 f"{self.max_header_bytes} bytes",
                 code="headers_too_large",
             )
-            await send_error(send, error, [(b"connection", b"close")])
+            await send_error(send, error, [(b"connection", b"close")], scope.get("path", ""))
             return
         length = _header(scope, b"content-length")
         if length is not None and length.strip().isdigit() and int(length) > self.max_bytes:
-            await send_error(send, self._too_large(), [(b"connection", b"close")])
+            await send_error(
+                send, self._too_large(), [(b"connection", b"close")], scope.get("path", "")
+            )
             return
         received = 0
 

@@ -129,3 +129,15 @@ def test_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
     ]
+
+
+def test_refusals_come_in_each_dialects_error_shape(secured: ServerProcess) -> None:
+    with httpx.Client(base_url=secured.url, timeout=60) as http:
+        anthropic_style = http.post("/v1/messages", json={"max_tokens": 1, "messages": []})
+        assert anthropic_style.status_code == 401
+        body = anthropic_style.json()
+        assert body["type"] == "error" and body["error"]["type"] == "authentication_error"
+        ollama_style = http.post("/api/chat", json={"model": "x", "messages": []})
+        assert ollama_style.status_code == 401 and isinstance(ollama_style.json()["error"], str)
+        openai_style = http.post("/v1/chat/completions", json={})
+        assert openai_style.status_code == 401 and "message" in openai_style.json()["error"]
