@@ -288,8 +288,19 @@ def _model_card(served: ServedModel, name: str) -> dict[str, object]:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
+    """Loaded models by every name they answer to, then the downloaded library models a
+    request may name (they load on first use)."""
+    from ember.registry.cache import list_models as downloaded
+
     state = server_state(request)
     cards = [_model_card(s, name) for s in state.served for name in s.names]
+    listed = {card["id"] for card in cards}
+    for manifest in await asyncio.to_thread(downloaded):
+        if manifest.alias not in listed:
+            mtime = int(manifest.path().stat().st_mtime) if manifest.path().exists() else 0
+            cards.append(
+                {"id": manifest.alias, "object": "model", "created": mtime, "owned_by": "ember"}
+            )
     return JSONResponse({"object": "list", "data": cards})
 
 
