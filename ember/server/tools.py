@@ -516,3 +516,58 @@ def parse_tool_calls(text: str, finish_reason: str | None = "stop") -> ParsedOut
     pieces = parser.feed(text) + parser.finish()
     content = "".join(p for p in pieces if isinstance(p, str)).strip()
     return ParsedOutput(content or None, parser.calls, parser.finish_reason(finish_reason))
+
+
+# -- helpers for dialects that send calls as blocks or objects -----------------------------------
+
+
+@dataclass
+class ToolStream:
+    """ToolCallParser for a dialect that keeps text and calls in order (Anthropic's content
+    blocks): feed() returns text pieces and ToolCallDeltas, with the whitespace at either end of
+    each run of text (before the first call, between calls, at the end) dropped. Feeding a whole
+    output at once (finished=True) gives the same pieces joined up, so a response and its
+    stream agree."""
+
+    parser: ToolCallParser = field(default_factory=ToolCallParser)
+    trim_runs: bool = True
+    """False: only the two ends of the whole text are trimmed, so the text pieces join up to
+    parse_tool_calls' content (a dialect with one content string, Ollama's)."""
+    _pending_space: str = ""
+    _run_start: bool = True
+
+    def feed(self, text: str, *, finished: bool = False) -> list[str | ToolCallDelta]:
+        pieces = self.parser.feed(text)
+        if finished:
+            pieces += self.parser.finish()
+        out: list[str | ToolCallDelta] = []
+        for piece in pieces:
+            if isinstance(piece, ToolCallDelta):
+                if self.trim_runs:
+                    self._pending_space = ""
+                    self._run_start = True
+                out.append(piece)
+                continue
+            held = self._pending_space + piece
+            if self._run_start:
+                held = held.lstrip()
+            kept = held.rstrip()
+            # Trailing whitespace waits: it is dropped if a call or the end comes next.
+            self._pending_space = held[len(kept) :]
+            if kept:
+                out.append(kept)
+                self._run_start = False
+        return out
+
+    def finish_reason(self, reason: str | None) -> str | None:
+        return self.parser.finish_reason(reason)
+
+
+def arguments_object(arguments: str) -> dict[str, Any] | None:
+    """A call's arguments as an object, for dialects that send objects rather than JSON text;
+    None when the text is not a JSON object (a call cut off by max_tokens, say)."""
+    try:
+        value = json.loads(arguments) if arguments.strip() else {}
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None

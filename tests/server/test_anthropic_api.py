@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+from typing import Any
+
 import anthropic
 import httpx
+import jsonschema
 import pytest
 
 from tests.server.process import ServerProcess
@@ -15,6 +19,34 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 GREEDY = {"temperature": 0}
 """This SDK has no temperature argument: it goes in as an extra body field."""
 SYSTEM = "You are a terse assistant. Answer in one short sentence."
+WEATHER_TOOL = {
+    "name": "get_weather",
+    "description": "Current weather of a city",
+    "input_schema": {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 20},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        },
+        "required": ["city", "unit"],
+        "additionalProperties": False,
+    },
+}
+TIME_TOOL = {
+    "name": "get_time",
+    "description": "Current time in a time zone",
+    "input_schema": {
+        "type": "object",
+        "properties": {"zone": {"type": "string", "maxLength": 20}},
+        "required": ["zone"],
+    },
+}
+TOOLS: list[Any] = [WEATHER_TOOL, TIME_TOOL]
+SCHEMAS = {tool["name"]: tool["input_schema"] for tool in TOOLS}
+ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
+needs_grammar = pytest.mark.skipif(
+    importlib.util.find_spec("xgrammar") is None, reason="forced tool calls need xgrammar"
+)
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +162,138 @@ def test_tools_are_accepted(claude: anthropic.Anthropic) -> None:
     assert message.stop_reason in ("end_turn", "max_tokens")
 
 
+def _tool_uses(message: Any) -> list[tuple[str, dict[str, Any]]]:
+    """The message's tool_use blocks as (name, input), each input checked against its schema."""
+    calls = []
+    for block in message.content:
+        if block.type == "tool_use":
+            assert block.id.startswith("toolu_")
+            jsonschema.validate(block.input, SCHEMAS[block.name])
+            calls.append((block.name, block.input))
+    return calls
+
+
+@needs_grammar
+@pytest.mark.parametrize(
+    "tool_choice",
+    [{"type": "any"}, {"type": "tool", "name": "get_weather"}],
+    ids=["any", "named"],
+)
+def test_forced_tool_use_streams_the_same(
+    claude: anthropic.Anthropic, tool_choice: dict[str, Any]
+) -> None:
+    kwargs: dict[str, Any] = {
+        "model": MODEL,
+        "max_tokens": 96,
+        "extra_body": GREEDY,
+        "tools": TOOLS,
+        "tool_choice": tool_choice,
+        "messages": ASK_WEATHER,
+    }
+    message = claude.messages.create(**kwargs)
+    assert message.stop_reason == "tool_use" and message.stop_sequence is None
+    calls = _tool_uses(message)
+    assert len(calls) == 1  # one call unless parallel use is asked for
+    assert [block.type for block in message.content] == ["tool_use"]  # forced: no text
+    if tool_choice["type"] == "tool":
+        assert calls[0][0] == "get_weather"
+    kinds = []
+    with claude.messages.stream(**kwargs) as stream:
+        for event in stream:
+            kinds.append(event.type)
+        final = stream.get_final_message()
+    assert final.stop_reason == "tool_use"
+    assert _tool_uses(final) == calls
+    assert final.usage.output_tokens == message.usage.output_tokens
+    assert kinds[0] == "message_start" and kinds[-3:] == [
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    assert "input_json" in kinds  # the SDK's event for each input_json_delta
+
+
+@needs_grammar
+def test_tool_result_round_trip_gives_text(claude: anthropic.Anthropic) -> None:
+    named = {"type": "tool", "name": "get_weather"}
+    first = claude.messages.create(
+        model=MODEL,
+        max_tokens=96,
+        extra_body=GREEDY,
+        tools=TOOLS,
+        tool_choice=named,  # type: ignore[arg-type]
+        messages=ASK_WEATHER,  # type: ignore[arg-type]
+    )
+    [call] = [block for block in first.content if block.type == "tool_use"]
+    history: list[Any] = [
+        *ASK_WEATHER,
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "tool_use", "id": call.id, "name": call.name, "input": call.input}
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": call.id,
+                    "content": [{"type": "text", "text": '{"temperature": 21, "sky": "clear"}'}],
+                }
+            ],
+        },
+    ]
+    answer = claude.messages.create(
+        model=MODEL,
+        max_tokens=32,
+        extra_body=GREEDY,
+        tools=TOOLS,
+        tool_choice={"type": "none"},
+        messages=history,
+    )
+    assert answer.stop_reason in ("end_turn", "max_tokens")
+    [block] = answer.content
+    assert block.type == "text" and block.text
+
+
+def test_tool_choice_none_and_auto_give_text(claude: anthropic.Anthropic) -> None:
+    none = claude.messages.create(
+        model=MODEL,
+        max_tokens=16,
+        extra_body=GREEDY,
+        tools=TOOLS,
+        tool_choice={"type": "none"},
+        messages=[{"role": "user", "content": "Say hello."}],
+    )
+    [block] = none.content
+    assert block.type == "text" and block.text
+    assert none.stop_reason in ("end_turn", "max_tokens")
+    auto = claude.messages.create(
+        model=MODEL,
+        max_tokens=48,
+        extra_body=GREEDY,
+        tools=TOOLS,
+        tool_choice={"type": "auto"},
+        messages=ASK_WEATHER,  # type: ignore[arg-type]
+    )
+    if any(block.type == "tool_use" for block in auto.content):  # the model chose a call
+        assert auto.stop_reason in ("tool_use", "max_tokens")
+    else:
+        assert auto.content[0].type == "text" and auto.content[0].text
+        assert auto.stop_reason in ("end_turn", "max_tokens")
+
+
+def test_count_tokens_counts_the_tools(claude: anthropic.Anthropic) -> None:
+    bare = claude.messages.count_tokens(model=MODEL, messages=ASK_WEATHER)  # type: ignore[arg-type]
+    with_tools = claude.messages.count_tokens(
+        model=MODEL,
+        messages=ASK_WEATHER,  # type: ignore[arg-type]
+        tools=TOOLS,
+    )
+    assert with_tools.input_tokens > bare.input_tokens
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -145,6 +309,27 @@ def test_tools_are_accepted(claude: anthropic.Anthropic) -> None:
             "max_tokens": 4,
             "messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}],
         },
+        {
+            "model": MODEL,
+            "max_tokens": 4,
+            "messages": QUESTION,
+            "tools": [WEATHER_TOOL],
+            "tool_choice": {"type": "sometimes"},
+        },
+        {
+            "model": MODEL,
+            "max_tokens": 4,
+            "messages": QUESTION,
+            "tools": [WEATHER_TOOL],
+            "tool_choice": {"type": "tool", "name": "nope"},
+        },
+        {
+            "model": MODEL,
+            "max_tokens": 4,
+            "messages": QUESTION,
+            "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+        },
+        {"model": MODEL, "max_tokens": 4, "messages": QUESTION, "tool_choice": {"type": "any"}},
         [],
     ],
 )
@@ -155,3 +340,25 @@ def test_malformed_requests_are_400_in_anthropic_shape(http: httpx.Client, body:
     assert payload["type"] == "error"
     assert payload["error"]["type"] == "invalid_request_error"
     assert payload["error"]["message"]
+
+
+def test_tool_stream_pieces_join_up_to_the_blocks() -> None:
+    from ember.server.render.anthropic import _tool_blocks
+    from ember.server.tools import ToolCallDelta, ToolStream
+
+    text = (
+        ' Let me check. <tool_call>\n{"name": "f", "arguments": {"x": "}"}}\n</tool_call>\n'
+        '<tool_call>{"arguments": [], "name": "g"}</tool_call>  done  '
+    )
+    blocks, whole = _tool_blocks(text)
+    assert whole.finish_reason("stop") == "tool_calls"
+    assert [b["type"] for b in blocks] == ["text", "tool_use", "tool_use", "text"]
+    assert blocks[0]["text"] == "Let me check." and blocks[3]["text"] == "done"
+    assert blocks[1]["input"] == {"x": "}"} and blocks[1]["id"].startswith("toolu_")
+    assert blocks[2]["input"] == {}  # arguments that are not an object: an empty input
+    stream = ToolStream()
+    pieces = [p for char in text for p in stream.feed(char)] + stream.feed("", finished=True)
+    texts = ["".join(p for p in pieces if isinstance(p, str))]
+    arguments = "".join(p.arguments for p in pieces if isinstance(p, ToolCallDelta))
+    assert texts == ["Let me check.done"]
+    assert arguments == '{"x": "}"}[]'

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from typing import Any
 
 import httpx
+import jsonschema
 import ollama
 import pytest
 
@@ -15,6 +18,42 @@ pytestmark = pytest.mark.server
 MODEL = "smol"
 GREEDY = {"temperature": 0, "num_predict": 16}
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
+WEATHER_PARAMETERS = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 20},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+    },
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather of a city",
+        "parameters": WEATHER_PARAMETERS,
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "Current time in a time zone",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "string", "maxLength": 20}},
+            "required": ["zone"],
+        },
+    },
+}
+TOOLS = [WEATHER, TIME]
+SCHEMAS = {tool["function"]["name"]: tool["function"]["parameters"] for tool in TOOLS}
+ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
+TOOL_OPTIONS = {"temperature": 0, "num_predict": 96}
+needs_grammar = pytest.mark.skipif(
+    importlib.util.find_spec("xgrammar") is None, reason="forced tool calls need xgrammar"
+)
 TIMING_FIELDS = (
     "total_duration",
     "load_duration",
@@ -132,6 +171,111 @@ def test_unknown_model_is_a_404(llama: ollama.Client) -> None:
         assert caught.value.status_code == 404 and "llama9" in caught.value.error
 
 
+def _checked_calls(message: Any) -> list[tuple[str, dict[str, Any]]]:
+    calls = []
+    for call in message.tool_calls or []:
+        arguments = dict(call.function.arguments)
+        jsonschema.validate(arguments, SCHEMAS[call.function.name])
+        calls.append((call.function.name, arguments))
+    return calls
+
+
+@needs_grammar
+@pytest.mark.parametrize(
+    "tool_choice",
+    ["required", {"type": "function", "function": {"name": "get_weather"}}],
+    ids=["required", "named"],
+)
+def test_forced_tool_calls_stream_the_same(http: httpx.Client, tool_choice: Any) -> None:
+    # Ollama has no tool_choice (nor its client): Ember's extension, sent as raw JSON; the
+    # answers are read with the client's own response model.
+    body = {
+        "model": MODEL,
+        "messages": ASK_WEATHER,
+        "tools": TOOLS,
+        "tool_choice": tool_choice,
+        "options": TOOL_OPTIONS,
+    }
+    response = http.post("/api/chat", json={**body, "stream": False})
+    assert response.status_code == 200, response.text
+    whole = ollama.ChatResponse.model_validate(response.json())
+    assert whole.done and whole.done_reason == "stop"
+    calls = _checked_calls(whole.message)
+    assert len(calls) == 1 and not whole.message.content
+    if isinstance(tool_choice, dict):
+        assert calls[0][0] == "get_weather"
+    streamed = http.post("/api/chat", json={**body, "stream": True})
+    parts = [ollama.ChatResponse.model_validate_json(line) for line in streamed.text.splitlines()]
+    assert parts[-1].done and parts[-1].done_reason == "stop"
+    assert [c for part in parts for c in _checked_calls(part.message)] == calls
+    assert "".join(part.message.content or "" for part in parts) == ""
+
+
+@needs_grammar
+def test_tool_result_round_trip_gives_text(llama: ollama.Client, http: httpx.Client) -> None:
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    first = http.post(
+        "/api/chat",
+        json={
+            "model": MODEL,
+            "messages": ASK_WEATHER,
+            "tools": TOOLS,
+            "tool_choice": named,
+            "options": TOOL_OPTIONS,
+            "stream": False,
+        },
+    )
+    message = ollama.ChatResponse.model_validate(first.json()).message
+    assert message.tool_calls
+    history: list[Any] = [
+        *ASK_WEATHER,
+        message,  # the client sends the assistant's tool_calls back as Ollama does
+        {
+            "role": "tool",
+            "content": '{"temperature": 21, "sky": "clear"}',
+            "tool_name": "get_weather",
+        },
+    ]
+    answer = llama.chat(model=MODEL, messages=history, options=GREEDY, stream=False)
+    assert answer.message.content and not answer.message.tool_calls
+    assert answer.done_reason in ("stop", "length")
+    none = http.post(
+        "/api/chat",
+        json={
+            "model": MODEL,
+            "messages": [*ASK_WEATHER, message.model_dump(exclude_none=True), history[-1]],
+            "tools": TOOLS,
+            "tool_choice": "none",
+            "options": GREEDY,
+            "stream": False,
+        },
+    ).json()
+    assert none["message"]["content"] and "tool_calls" not in none["message"]
+
+
+def test_auto_tools_through_the_client(llama: ollama.Client) -> None:
+    # The client drops schema keywords it does not know (maxLength, additionalProperties):
+    # the model may call a tool on its own, and then the call parses.
+    response = llama.chat(
+        model=MODEL, messages=ASK_WEATHER, tools=TOOLS, options=TOOL_OPTIONS, stream=False
+    )
+    assert response.done and response.done_reason in ("stop", "length")
+    for call in response.message.tool_calls or []:
+        assert call.function.name in SCHEMAS and isinstance(call.function.arguments, dict)
+    if not response.message.tool_calls:
+        assert response.message.content
+    parts = list(
+        llama.chat(
+            model=MODEL, messages=ASK_WEATHER, tools=TOOLS, options=TOOL_OPTIONS, stream=True
+        )
+    )
+    streamed = [c for part in parts for c in part.message.tool_calls or []]
+    assert [(c.function.name, dict(c.function.arguments)) for c in streamed] == [
+        (c.function.name, dict(c.function.arguments)) for c in response.message.tool_calls or []
+    ]
+    assert "".join(p.message.content or "" for p in parts) == (response.message.content or "")
+
+
 @pytest.mark.parametrize(
     ("path", "body"),
     [
@@ -148,6 +292,19 @@ def test_unknown_model_is_a_404(llama: ollama.Client) -> None:
         ("/api/show", {}),
         ("/api/pull", {}),
         ("/api/generate", [1, 2]),
+        ("/api/chat", {"model": MODEL, "messages": CHAT, "tools": TOOLS, "tool_choice": "maybe"}),
+        ("/api/chat", {"model": MODEL, "messages": CHAT, "tool_choice": "required"}),
+        ("/api/chat", {"model": MODEL, "messages": CHAT, "tools": [{"function": {}}]}),
+        (
+            "/api/chat",
+            {
+                "model": MODEL,
+                "messages": CHAT,
+                "tools": TOOLS,
+                "tool_choice": "required",
+                "format": "json",
+            },
+        ),
     ],
 )
 def test_malformed_requests_are_400(http: httpx.Client, path: str, body: object) -> None:

@@ -1,9 +1,9 @@
 """Anthropic's Messages API request bodies (/v1/messages, /v1/messages/count_tokens) and their
 conversion to chat-template messages and SamplingParams.
 
-Tool fields (tools, tool_choice, tool_use and tool_result blocks) are accepted and handed to the
-chat template; parsing tool calls out of the output is ember/server/tools.py's job (see the hook
-in routes/anthropic.py).
+Tool fields become what ember/server/tools.py takes (OpenAI's shapes): tools become function
+definitions, tool_choice OpenAI's choice, tool_use blocks the assistant's tool_calls and
+tool_result blocks "tool" messages.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ember.sampling_params import SamplingParams
+from ember.sampling_params import SamplingParams, StructuredOutputs
 from ember.server.errors import ApiError, bad_request
 
 
@@ -65,20 +65,53 @@ class CountTokensRequest(_Body):
         return messages
 
     def template_tools(self) -> list[dict[str, Any]] | None:
-        """Tools in the OpenAI-style shape chat templates are written for."""
+        """Tools as OpenAI function definitions (the shape chat templates and tools.py take)."""
         if not self.tools:
             return None
-        return [
-            {
-                "type": "function",
-                "function": {
-                    "name": tool.name,
-                    "description": tool.description or "",
-                    "parameters": tool.input_schema,
-                },
+        functions = []
+        for index, tool in enumerate(self.tools):
+            kind = (tool.model_extra or {}).get("type")
+            if kind not in (None, "custom"):
+                raise bad_request(
+                    f"tools.{index}: tools of type {kind!r} are not supported (custom tools "
+                    "with name, description and input_schema only)",
+                    f"tools.{index}.type",
+                )
+            function: dict[str, Any] = {
+                "name": tool.name,
+                "parameters": tool.input_schema or {"type": "object", "properties": {}},
             }
-            for tool in self.tools
-        ]
+            if tool.description is not None:
+                function["description"] = tool.description
+            functions.append({"type": "function", "function": function})
+        return functions
+
+    def openai_tool_choice(self) -> str | dict[str, Any] | None:
+        """tool_choice in OpenAI's shape: auto -> "auto", any -> "required", tool -> the named
+        function, none -> "none"."""
+        choice = self.tool_choice
+        if choice is None:
+            return None
+        kind = choice.get("type")
+        if kind in _CHOICES:
+            return _CHOICES[kind]
+        if kind == "tool":
+            name = choice.get("name")
+            if not isinstance(name, str) or not name:
+                raise bad_request('tool_choice of type "tool" needs a name', "tool_choice.name")
+            return {"type": "function", "function": {"name": name}}
+        raise bad_request(
+            f'tool_choice.type must be "auto", "any", "tool" or "none", got {kind!r}',
+            "tool_choice.type",
+        )
+
+    def parallel_tool_calls(self) -> bool | None:
+        """disable_parallel_tool_use turned around; None leaves Ember's default (one call)."""
+        disabled = (self.tool_choice or {}).get("disable_parallel_tool_use")
+        return None if not isinstance(disabled, bool) else not disabled
+
+
+_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 
 
 class MessagesRequest(CountTokensRequest):
@@ -160,8 +193,14 @@ def _template_messages(message: Message, index: int) -> list[dict[str, Any]]:
     return out
 
 
-def sampling_params(body: MessagesRequest, max_tokens: int) -> SamplingParams:
-    """Anthropic's defaults: temperature 1, no top_p/top_k cut."""
+def sampling_params(
+    body: MessagesRequest,
+    max_tokens: int,
+    *,
+    structured_outputs: StructuredOutputs | None = None,
+) -> SamplingParams:
+    """Anthropic's defaults: temperature 1, no top_p/top_k cut. `structured_outputs` is the
+    forced tool call's constraint, if any."""
     try:
         return SamplingParams(
             temperature=1.0 if body.temperature is None else body.temperature,
@@ -169,6 +208,7 @@ def sampling_params(body: MessagesRequest, max_tokens: int) -> SamplingParams:
             top_k=0 if body.top_k is None else body.top_k,
             stop=body.stop_sequences,
             max_tokens=max_tokens,
+            structured_outputs=structured_outputs,
         )
     except ValueError as exc:
         field = str(exc).split(" ", 1)[0]

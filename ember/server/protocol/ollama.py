@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from ember.sampling_params import SamplingParams
+from ember.sampling_params import SamplingParams, StructuredOutputs
 from ember.server.errors import ApiError, bad_request
 
 KeepAlive = str | int | float | None
@@ -67,8 +67,12 @@ class ChatMessage(_Body):
 class ChatRequest(_Generating):
     messages: list[ChatMessage] = []
     tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    """Ember's extension (Ollama has none): OpenAI's "auto", "none", "required" or
+    {"type": "function", "function": {"name": ...}}."""
 
     def template_messages(self) -> list[dict[str, Any]]:
+        """The conversation in OpenAI's template shape (what ember/server/tools.py takes)."""
         out = []
         for index, message in enumerate(self.messages):
             if message.images:
@@ -77,12 +81,31 @@ class ChatRequest(_Generating):
                     f"messages.{index}.images",
                 )
             entry: dict[str, Any] = {"role": message.role, "content": message.content or ""}
-            if message.tool_calls is not None:
-                entry["tool_calls"] = message.tool_calls
+            if message.tool_calls:
+                entry["tool_calls"] = [
+                    _openai_call(call, f"{index}_{number}")
+                    for number, call in enumerate(message.tool_calls)
+                ]
             if message.tool_name is not None:
                 entry["name"] = message.tool_name
             out.append(entry)
         return out
+
+    def openai_tools(self) -> list[dict[str, Any]] | None:
+        """Ollama's tools are OpenAI's function definitions; a missing type means "function"
+        (Ollama's clients always send it, hand-written requests may not)."""
+        if not self.tools:
+            return None
+        return [{"type": "function", **tool} if "type" not in tool else tool for tool in self.tools]
+
+
+def _openai_call(call: Any, number: str) -> Any:
+    """Ollama's {"function": {"name", "arguments": {...}}} with the id and type OpenAI's shape
+    has (templates that render calls may print the id). Anything else is passed on for
+    tools.py to reject."""
+    if not isinstance(call, dict):
+        return call
+    return {**call, "id": call.get("id") or f"call_{number}", "type": "function"}
 
 
 class EmbedRequest(_Body):
@@ -134,8 +157,22 @@ def wanted_max_tokens(options: Options | None) -> int | None:
     return options.num_predict
 
 
-def sampling_params(body: _Generating, max_tokens: int | None) -> SamplingParams:
+def sampling_params(
+    body: _Generating,
+    max_tokens: int | None,
+    *,
+    tool_constraint: StructuredOutputs | None = None,
+) -> SamplingParams:
+    """`tool_constraint` is a forced tool call's constraint, which `format` cannot join."""
     options = body.options or Options()
+    constraint: StructuredOutputs | dict[str, Any] | None = structured_outputs(body.format)
+    if tool_constraint is not None:
+        if constraint is not None:
+            raise bad_request(
+                'tool_choice "required" or a named function cannot be combined with format',
+                "format",
+            )
+        constraint = tool_constraint
 
     def given(value: float | int | None, default: float | int) -> Any:
         return default if value is None else value
@@ -152,7 +189,7 @@ def sampling_params(body: _Generating, max_tokens: int | None) -> SamplingParams
             seed=options.seed,
             stop=options.stop,
             max_tokens=max_tokens,
-            structured_outputs=structured_outputs(body.format),
+            structured_outputs=constraint,
         )
     except ValueError as exc:
         field = str(exc).split(" ", 1)[0]

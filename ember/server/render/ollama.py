@@ -13,6 +13,7 @@ from ember.server.encoding import dumps, encode
 from ember.server.errors import ApiError
 from ember.server.generation import Collected, Generation, failure
 from ember.server.sse import EventStreamResponse
+from ember.server.tools import ToolCall, ToolStream, arguments_object
 
 
 class NDJSONResponse(EventStreamResponse):
@@ -95,18 +96,59 @@ def final_fields(
     }
 
 
+def tool_call_body(call: ToolCall) -> dict[str, Any]:
+    # Ollama's arguments are an object: text that is not one (a call cut off by max_tokens)
+    # leaves it empty, and done_reason "length" tells why.
+    return {"function": {"name": call.name, "arguments": arguments_object(call.arguments) or {}}}
+
+
+def chat_tool_piece(text: str, calls: list[ToolCall]) -> dict[str, Any]:
+    """/api/chat's message with the calls made (whole: each call once, never partial)."""
+    body = chat_piece(text)
+    if calls:
+        body["message"]["tool_calls"] = [tool_call_body(call) for call in calls]
+    return body
+
+
+def _tool_finish(tools: ToolStream, finish: str | None) -> str | None:
+    """Ollama reports a turn that ended in calls as done_reason "stop"."""
+    return "stop" if tools.finish_reason(finish) == "tool_calls" else finish
+
+
 def whole_response(
-    model: str, timing: Timing, generation: Generation, collected: Collected, wrap: Wrap
+    model: str,
+    timing: Timing,
+    generation: Generation,
+    collected: Collected,
+    wrap: Wrap,
+    *,
+    parse_tools: bool = False,
 ) -> dict[str, Any]:
+    """The whole response; with `parse_tools` (/api/chat) calls go to message.tool_calls."""
     choice = collected.choices[0]
-    # Hook for ember/server/tools.py: /api/chat tool_calls will be parsed out of choice.text.
-    return {**wrap(choice.text), **final_fields(model, timing, generation, choice.finish_reason)}
+    if not parse_tools:
+        return {
+            **wrap(choice.text),
+            **final_fields(model, timing, generation, choice.finish_reason),
+        }
+    tools = ToolStream(trim_runs=False)
+    pieces = tools.feed(choice.text, finished=True)
+    text = "".join(p for p in pieces if isinstance(p, str))
+    finish = _tool_finish(tools, choice.finish_reason)
+    return {
+        **chat_tool_piece(text, tools.parser.calls),
+        **final_fields(model, timing, generation, finish),
+    }
 
 
 async def stream_lines(
-    model: str, timing: Timing, generation: Generation, wrap: Wrap
+    model: str, timing: Timing, generation: Generation, wrap: Wrap, *, parse_tools: bool = False
 ) -> AsyncIterator[bytes]:
+    """NDJSON lines; with `parse_tools` (/api/chat) a line carries each call once it is whole,
+    in its message.tool_calls."""
     finish: str | None = None
+    tools = ToolStream(trim_runs=False) if parse_tools else None
+    sent_calls = 0
     try:
         async for item in generation.events():
             error = failure(item.delta, generation.state)
@@ -117,10 +159,20 @@ async def stream_lines(
                     timing.token()
                 if piece.finish_reason is not None:
                     finish = piece.finish_reason
-                if piece.text:
-                    yield line(
-                        {"model": model, "created_at": now_iso(), **wrap(piece.text), "done": False}
-                    )
+                if tools is None:
+                    if piece.text:
+                        body = wrap(piece.text)
+                        yield line({"model": model, "created_at": now_iso(), **body, "done": False})
+                    continue
+                pieces = tools.feed(piece.text, finished=piece.finish_reason is not None)
+                text = "".join(p for p in pieces if isinstance(p, str))
+                calls = tools.parser.calls[sent_calls:]
+                sent_calls += len(calls)
+                if text or calls:
+                    body = chat_tool_piece(text, calls)
+                    yield line({"model": model, "created_at": now_iso(), **body, "done": False})
+        if tools is not None:
+            finish = _tool_finish(tools, finish)
         yield line({**wrap(""), **final_fields(model, timing, generation, finish)})
     except ApiError as error:
         yield line({"error": error.message})

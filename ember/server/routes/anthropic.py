@@ -22,17 +22,28 @@ from ember.server.protocol.anthropic import (
 from ember.server.render.anthropic import message_response, message_stream
 from ember.server.routes.common import read_json, respond, server_state
 from ember.server.state import ServedModel, ServerState
+from ember.server.tools import ToolRequest, prepare_tools
 
 router = APIRouter()
 
 
-async def _prompt(state: ServerState, served: ServedModel, body: CountTokensRequest) -> Prompt:
+async def _tool_request(served: ServedModel, body: CountTokensRequest) -> ToolRequest:
+    return await prepare_tools(
+        body.template_messages(),
+        getattr(served.tokenizer, "chat_template", None),
+        body.template_tools(),
+        body.openai_tool_choice(),
+        parallel_tool_calls=body.parallel_tool_calls(),
+    )
+
+
+async def _prompt(state: ServerState, served: ServedModel, tools: ToolRequest) -> Prompt:
     return await chat_prompt(
         state.tokenize_pool,
         served.tokenizer,
         served.name,
-        body.template_messages(),
-        tools=body.template_tools(),
+        tools.messages,
+        tools=tools.template_tools,
     )
 
 
@@ -56,18 +67,21 @@ async def messages(request: Request) -> Response:
             "are allowed",
             "stop_sequences",
         )
-    prompt = await _prompt(state, served, body)
-    params = sampling_params(body, body.max_tokens)
+    tools = await _tool_request(served, body)
+    prompt = await _prompt(state, served, tools)
+    params = sampling_params(body, body.max_tokens, structured_outputs=tools.constraint)
     generation = Generation(state, served, [EngineInput(prompt, params)])
-    # Hook for ember/server/tools.py: with body.tools, tool_use blocks are parsed out of the
-    # output in render/anthropic.py (message_response / message_stream).
+    parse = tools.parse_calls
+    forced = tools.constraint is not None
     return await respond(
         request,
         generation,
         stream=body.stream,
         n=1,
-        stream_body=lambda: message_stream(served.name, generation),
-        render=lambda collected: message_response(served.name, collected),
+        stream_body=lambda: message_stream(
+            served.name, generation, parse_tools=parse, forced_calls=forced
+        ),
+        render=lambda collected: message_response(served.name, collected, parse_tools=parse),
     )
 
 
@@ -76,5 +90,5 @@ async def count_tokens(request: Request) -> Response:
     state = server_state(request)
     body = await read_json(request, CountTokensRequest)
     served = await state.model(body.model)
-    prompt = await _prompt(state, served, body)
+    prompt = await _prompt(state, served, await _tool_request(served, body))
     return JSONResponse({"input_tokens": len(prompt.token_ids)})

@@ -52,6 +52,7 @@ from ember.server.routes.common import (
     until_disconnected,
 )
 from ember.server.state import ServedModel, ServerState
+from ember.server.tools import ToolRequest, prepare_tools
 
 router = APIRouter()
 
@@ -85,7 +86,10 @@ async def _run(
     prompt: Prompt,
     timing: Timing,
     wrap: Wrap,
+    tools: ToolRequest | None = None,
 ) -> Response:
+    """Generate and answer; with `tools` (/api/chat) a forced call's constraint applies and
+    calls are parsed out of the output when tools were offered."""
     limits = state.settings.limits
     wanted = wanted_max_tokens(body.options)
     if wanted is not None and limits.max_tokens is not None and wanted > limits.max_tokens:
@@ -97,7 +101,9 @@ async def _run(
     if isinstance(stops, list) and len(stops) > limits.max_stop:
         raise bad_request(f"stop has {len(stops)} strings; at most {limits.max_stop}", "stop")
     max_tokens = default_max_tokens(wanted, len(prompt.token_ids), served.max_model_len, limits)
-    params = sampling_params(body, max_tokens)
+    constraint = tools.constraint if tools is not None else None
+    params = sampling_params(body, max_tokens, tool_constraint=constraint)
+    parse = tools is not None and tools.parse_calls
     generation = Generation(state, served, [EngineInput(prompt, params)])
     handed_over = False
     try:
@@ -105,9 +111,11 @@ async def _run(
         timing.token()  # start() returns with the first output: the prompt is evaluated
         if body.stream:
             handed_over = True
-            return NDJSONResponse(stream_lines(name, timing, generation, wrap))
+            lines = stream_lines(name, timing, generation, wrap, parse_tools=parse)
+            return NDJSONResponse(lines)
         collected = await until_disconnected(request, collect(generation, 1))
-        return JSONResponse(whole_response(name, timing, generation, collected, wrap))
+        whole = whole_response(name, timing, generation, collected, wrap, parse_tools=parse)
+        return JSONResponse(whole)
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
     finally:
@@ -155,12 +163,20 @@ async def chat(request: Request) -> Response:
     if not messages:
         return await _unload_request(state, served, body.model, chat_piece)
     state.check_admitting(served)
-    prompt = await chat_prompt(
-        state.tokenize_pool, served.tokenizer, served.name, messages, tools=body.tools
+    tools = await prepare_tools(
+        messages,
+        getattr(served.tokenizer, "chat_template", None),
+        body.openai_tools(),
+        body.tool_choice,
     )
-    # Hook for ember/server/tools.py: with body.tools, tool_calls are parsed out of the output
-    # in render/ollama.py.
-    return await _run(request, state, served, body.model, body, prompt, timing, chat_piece)
+    prompt = await chat_prompt(
+        state.tokenize_pool,
+        served.tokenizer,
+        served.name,
+        tools.messages,
+        tools=tools.template_tools,
+    )
+    return await _run(request, state, served, body.model, body, prompt, timing, chat_piece, tools)
 
 
 # -- embeddings ------------------------------------------------------------------------------
