@@ -16,7 +16,7 @@ from ember.engine.outputs import (
     CompletionOutput,
     PositionLogprobDict,
     RequestOutput,
-    TokenLogprob,
+    logprob_dict,
 )
 from ember.engine.stop import StopChecker
 from ember.errors import RequestError
@@ -95,15 +95,7 @@ class Generator:
     # -- the loop ---------------------------------------------------------------------------
 
     def _logprob_dict(self, result: PositionLogprobs) -> PositionLogprobDict:
-        entries = {
-            item.token_id: TokenLogprob(item.logprob, item.rank, self._piece(item.token_id))
-            for item in result.top
-        }
-        chosen = result.chosen
-        entries.setdefault(
-            chosen.token_id, TokenLogprob(chosen.logprob, chosen.rank, self._piece(chosen.token_id))
-        )
-        return entries
+        return logprob_dict(result, self.tokenizer)
 
     def _piece(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id]) if self.tokenizer is not None else ""

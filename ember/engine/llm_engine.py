@@ -32,7 +32,12 @@ from ember.core import (
     StopCriteria,
 )
 from ember.engine.generator import StreamDelta
-from ember.engine.outputs import CompletionOutput, PositionLogprobDict, RequestOutput, TokenLogprob
+from ember.engine.outputs import (
+    CompletionOutput,
+    PositionLogprobDict,
+    RequestOutput,
+    logprob_dict,
+)
 from ember.engine.stop import StopChecker
 from ember.errors import RequestError
 from ember.layers.paged_attention import PagedKVCache, kv_bytes_per_block, kv_groups
@@ -531,12 +536,4 @@ class LLMEngine:
         return self.tokenizer.decode([token_id]) if self.tokenizer is not None else ""
 
     def _logprob_dict(self, result: PositionLogprobs) -> PositionLogprobDict:
-        entries = {
-            item.token_id: TokenLogprob(item.logprob, item.rank, self._piece(item.token_id))
-            for item in result.top
-        }
-        chosen = result.chosen
-        entries.setdefault(
-            chosen.token_id, TokenLogprob(chosen.logprob, chosen.rank, self._piece(chosen.token_id))
-        )
-        return entries
+        return logprob_dict(result, self.tokenizer)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from ember.sample.logprobs import PositionLogprobs
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,3 +48,21 @@ class RequestOutput:
     finished: bool = False
     num_cached_tokens: int = 0
     """Prompt tokens whose KV came from the prefix cache."""
+
+
+def logprob_dict(result: PositionLogprobs, tokenizer: Any) -> PositionLogprobDict:
+    """vLLM's per-position dict: the chosen token and the top alternatives, each decoded alone
+    (empty text without a tokenizer)."""
+
+    def piece(token_id: int) -> str:
+        return tokenizer.decode([token_id]) if tokenizer is not None else ""
+
+    entries = {
+        item.token_id: TokenLogprob(item.logprob, item.rank, piece(item.token_id))
+        for item in result.top
+    }
+    chosen = result.chosen
+    entries.setdefault(
+        chosen.token_id, TokenLogprob(chosen.logprob, chosen.rank, piece(chosen.token_id))
+    )
+    return entries
