@@ -135,7 +135,12 @@ class LLMEngine:
             core_groups,
         )
         self.kv = PagedKVCache(model_config, num_blocks, config.block_size, kv_dtype, groups)
-        self.runner = ModelRunner(loaded.model, self.kv, deterministic=config.deterministic)
+        self.runner = ModelRunner(
+            loaded.model,
+            self.kv,
+            deterministic=config.deterministic,
+            sampleable_vocab=self.tokenizer.vocab_size if self.tokenizer is not None else None,
+        )
         # Structured outputs: grammars compile on a background thread (nothing starts until the
         # first constrained request).
         self.structured = (

@@ -56,9 +56,13 @@ class ModelRunner:
         kv: PagedKVCache,
         sampler: Sampler | None = None,
         deterministic: bool = False,
+        sampleable_vocab: int | None = None,
     ) -> None:
         self.model = model
         self.deterministic = deterministic
+        # Logits columns past the tokenizer's vocabulary (padding rows of the embedding) are
+        # never sampled: no tokenizer could decode them.
+        self.sampleable_vocab = sampleable_vocab
         self.kv = kv
         self.sampler = sampler or Sampler()
         self.requests: dict[str, _RunnerRequest] = {}
@@ -125,6 +129,8 @@ class ModelRunner:
         if sample_rows:
             with integer_batches(len(sample_rows) if decode_only else 0):
                 logits = self.model.compute_logits(hidden[sample_rows])
+            if self.sampleable_vocab is not None and self.sampleable_vocab < logits.shape[1]:
+                logits[:, self.sampleable_vocab :] = float("-inf")
             states = sampling_states
             if masks is not None:
                 masks.apply(logits)

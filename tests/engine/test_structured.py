@@ -701,3 +701,14 @@ def test_aborting_a_request_whose_grammar_is_compiling(
     assert not engine.has_unfinished_requests()
     engine.step()
     assert engine.stats().num_waiting == engine.stats().num_running == 0
+
+
+@pytest.mark.models
+def test_padding_columns_are_never_sampled_even_unconstrained(tiny: LoadedModel) -> None:
+    """Columns past the tokenizer's vocabulary: even a huge bias cannot make them come out."""
+    padding = tiny.tokenizer.vocab_size  # type: ignore[union-attr]
+    params = SamplingParams(temperature=1.0, seed=3, max_tokens=6, logit_bias={padding: 100.0})
+    engine = LLMEngine(tiny, EngineConfig(kv_cache_dtype="fp32", kv_cache_tokens=256))
+    [result] = run_engine(engine, {"free": ([5, 6, 7], params)})["free"]
+    assert len(result.token_ids) == 6
+    assert all(token < padding for token in result.token_ids)
