@@ -97,9 +97,6 @@ class Generator:
     def _logprob_dict(self, result: PositionLogprobs) -> PositionLogprobDict:
         return logprob_dict(result, self.tokenizer)
 
-    def _piece(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id]) if self.tokenizer is not None else ""
-
     def _prefill(self, prompt_ids: list[int], capacity: int, num_prompt_logprobs: int | None):
         cache = self.model.new_cache(capacity)
         hidden = self.model.prefill(torch.tensor(prompt_ids, dtype=torch.long), cache)

@@ -402,24 +402,9 @@ class LLMEngine:
             try:
                 self.scheduler.add_request(request)
             except RequestError as exc:
-                completion = self._completions.get(request.request_id)
-                if completion is not None:
-                    failed[request.request_id] = str(exc)
+                failed[request.request_id] = str(exc)
         self._deferred = waiting
-        deltas = []
-        for child_id, reason in failed.items():
-            completion = self._completions[child_id]
-            parent = completion.parent
-            parent.error = reason
-            parent.output.outputs[completion.index].finish_reason = FinishReason.ERROR.value
-            self._end_completion(completion, child_id)
-            finished = parent.unfinished == 0
-            if finished:
-                parent.output.finished = True
-                del self._parents[parent.request_id]
-            piece = StreamDelta(completion.index, "", [], None, FinishReason.ERROR.value)
-            deltas.append(RequestDelta(parent.request_id, [piece], finished, None, reason))
-        return deltas
+        return self._fail_children(failed)
 
     def _fail_batch(self, scheduled: SchedulerOutput, reason: str) -> list[RequestDelta]:
         """End every request of a failed step with finish_reason "error" (retrying the same
@@ -427,15 +412,19 @@ class LLMEngine:
         ids = [item.request_id for item in scheduled.requests]
         self.scheduler.finish_requests(ids, FinishReason.ERROR)
         self.scheduler.update_from_output(scheduled, {})
+        return self._fail_children(dict.fromkeys(ids, reason))
+
+    def _fail_children(self, reasons: dict[str, str]) -> list[RequestDelta]:
+        """End these sequences with finish_reason "error": one delta per request they belong to."""
         failed: dict[str, list[StreamDelta]] = {}
-        for child_id in ids:
+        reason_of: dict[str, str] = {}
+        for child_id, reason in reasons.items():
             completion = self._completions.get(child_id)
             if completion is None:
                 continue
             parent = completion.parent
-            parent.error = reason
-            out = parent.output.outputs[completion.index]
-            out.finish_reason = FinishReason.ERROR.value
+            parent.error = reason_of[parent.request_id] = reason
+            parent.output.outputs[completion.index].finish_reason = FinishReason.ERROR.value
             failed.setdefault(parent.request_id, []).append(
                 StreamDelta(completion.index, "", [], None, FinishReason.ERROR.value)
             )
@@ -447,7 +436,7 @@ class LLMEngine:
             if finished:
                 parent.output.finished = True
                 del self._parents[parent_id]
-            deltas.append(RequestDelta(parent_id, pieces, finished, None, reason))
+            deltas.append(RequestDelta(parent_id, pieces, finished, None, reason_of[parent_id]))
         return deltas
 
     def _end_completion(self, completion: _Completion, child_id: str) -> None:
@@ -536,9 +525,6 @@ class LLMEngine:
                 ]
                 ready.add(parent.request_id)
         return ready
-
-    def _piece(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id]) if self.tokenizer is not None else ""
 
     def _logprob_dict(self, result: PositionLogprobs) -> PositionLogprobDict:
         return logprob_dict(result, self.tokenizer)

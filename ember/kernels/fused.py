@@ -223,6 +223,25 @@ def paged_attention_reference(
     return out
 
 
+def _norm_and_rope_reference_(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    positions: torch.Tensor,
+    inv_freq: torch.Tensor,
+    rotary_dim: int,
+    interleaved: bool,
+    position_scale: float,
+    q_norm: torch.Tensor | None,
+    k_norm: torch.Tensor | None,
+    norm_eps: float,
+) -> None:
+    """Optional per-head QK-norm, then RoPE, both in place on q and k."""
+    if q_norm is not None and k_norm is not None:
+        q.copy_(rms_norm_reference(q, q_norm, norm_eps))
+        k.copy_(rms_norm_reference(k, k_norm, norm_eps))
+    rope_reference_(q, k, positions, inv_freq, rotary_dim, interleaved, position_scale)
+
+
 def cached_attention_reference(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -245,10 +264,9 @@ def cached_attention_reference(
     in place on q and k), k / v into the caches at `start`, then decode_attention."""
     if (q_norm is None) != (k_norm is None):
         raise ValueError("give both q_norm and k_norm or neither")
-    if q_norm is not None and k_norm is not None:
-        q.copy_(rms_norm_reference(q, q_norm, norm_eps))
-        k.copy_(rms_norm_reference(k, k_norm, norm_eps))
-    rope_reference_(q, k, positions, inv_freq, rotary_dim, interleaved, position_scale)
+    _norm_and_rope_reference_(
+        q, k, positions, inv_freq, rotary_dim, interleaved, position_scale, q_norm, k_norm, norm_eps
+    )
     write_kv_reference_(k_cache, v_cache, k, v, start)
     return decode_attention_reference(q, k_cache, v_cache, start, scale, window)
 
@@ -282,10 +300,9 @@ def paged_cached_attention_reference(
     [blocks, kv_heads, block_size, head_dim], then paged_attention."""
     if (q_norm is None) != (k_norm is None):
         raise ValueError("give both q_norm and k_norm or neither")
-    if q_norm is not None and k_norm is not None:
-        q.copy_(rms_norm_reference(q, q_norm, norm_eps))
-        k.copy_(rms_norm_reference(k, k_norm, norm_eps))
-    rope_reference_(q, k, positions, inv_freq, rotary_dim, interleaved, position_scale)
+    _norm_and_rope_reference_(
+        q, k, positions, inv_freq, rotary_dim, interleaved, position_scale, q_norm, k_norm, norm_eps
+    )
     write_kv_paged_reference_(k_pages, v_pages, k, v, slot_blocks, slot_offsets, k_scales, v_scales)
     return paged_attention_reference(
         q,

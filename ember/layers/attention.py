@@ -99,9 +99,7 @@ class SequenceContext:
                 start,
                 attn.scale,
                 attn.window or 0,
-                attn.q_norm.weight if attn.q_norm is not None else None,
-                attn.k_norm.weight if attn.k_norm is not None else None,
-                attn.q_norm.eps if attn.q_norm is not None else 1e-6,
+                *attn.qk_norm_args,
             )
         q, k = attn.norm_and_rotate(q, k, rotary, positions)
         attn.ops.write_kv_(keys, values, k, v, start)
@@ -218,6 +216,12 @@ class SelfAttention:
             q_weight = store.take(f"{prefix}.attn_q_norm.weight").to_float() + norm_offset
             k_weight = store.take(f"{prefix}.attn_k_norm.weight").to_float() + norm_offset
             self.q_norm, self.k_norm = RMSNorm(q_weight, eps), RMSNorm(k_weight, eps)
+        # (q_norm weight, k_norm weight, eps) as the fused attention ops take them
+        self.qk_norm_args: tuple[torch.Tensor | None, torch.Tensor | None, float] = (
+            (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps)
+            if self.q_norm is not None and self.k_norm is not None
+            else (None, None, 1e-6)
+        )
         self.ops = select_ops()
         self.sliding = config.is_sliding(layer)
         self.window = config.sliding_window if self.sliding else None

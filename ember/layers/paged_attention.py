@@ -200,9 +200,7 @@ class BatchContext:
                 self.fixed_chunk,
                 k_scales,
                 v_scales,
-                attn.q_norm.weight if attn.q_norm is not None else None,
-                attn.k_norm.weight if attn.k_norm is not None else None,
-                attn.q_norm.eps if attn.q_norm is not None else 1e-6,
+                *attn.qk_norm_args,
             )
         q, k = attn.norm_and_rotate(q, k, rotary, positions)
         attn.ops.write_kv_paged_(
