@@ -52,7 +52,7 @@ def main() -> None:
     print(f"# {now:%Y-%m-%d %H:%M} {platform.machine()}, {args.threads} threads")
     for name in args.models.split(","):
         source = resolve_model(name)
-        loaded = load_model_path(source.path, with_tokenizer=False, batched=True)
+        loaded = load_model_path(source.path, with_tokenizer=False)
         print(f"\n## {source.name}\n", flush=True)
         config = EngineConfig(max_num_seqs=max(n, 8), max_num_batched_tokens=512)
         for workload, (prompt, generate) in (("batch", (128, 128)), ("prefill", (512, 8))):

@@ -207,7 +207,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # Bound before the model loads: a port in use is reported at once.
     sock = listen(settings.host, settings.port)
     try:
-        loaded = load_model_path(source.path, batched=True)
+        loaded = load_model_path(source.path)
         served = ServedModel(names or (source.name,), loaded, AsyncEngine(loaded, engine_config))
         try:
             state = ServerState(settings, [served])

@@ -49,7 +49,7 @@ class LLM:
         self.engine_config = _engine_config(engine_config, max_model_len)
         self.threads = set_threads(threads)
         source = resolve_model(model or DEFAULT_MODEL, pull_if_missing=pull)
-        self.loaded = load_model_path(source.path, batched=True)
+        self.loaded = load_model_path(source.path)
         self.model_name = source.name
         # The engine's limit: the model's context, capped by default (see LLMEngine).
         limit = self.engine_config.max_model_len or DEFAULT_MAX_MODEL_LEN

@@ -6,14 +6,12 @@ bit-exact pure-torch reference the kernels are tested against; `reference` names
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
 
 from ember.quant.base import QuantMethod
-from ember.quant.q8_0_panels import Q8_0Panels, can_repack
 
 # ggml_type ids of the types with native kernels.
 GGML_TYPE_IDS: dict[str, int] = {
@@ -27,9 +25,6 @@ GGML_TYPE_IDS: dict[str, int] = {
     "Q6_K": 14,
 }
 
-# Q8_0 repacked into panels at load (ember.quant.q8_0_panels): not a GGML type.
-Q8_0_PANELS_ID = 1008
-
 # Values of qmatmul's `path` argument (auto picks by row count).
 PATH_AUTO, PATH_INTEGER, PATH_BF16, PATH_INT8_GEMM = 0, 1, 2, 3
 
@@ -37,8 +32,6 @@ PATH_AUTO, PATH_INTEGER, PATH_BF16, PATH_INT8_GEMM = 0, 1, 2, 3
 _int8_gemm_rows = 0
 # Every matmul takes the int8 GEMM, whatever its row count (set by batch_invariant()).
 _invariant = False
-# Q8_0 weights are repacked into panels when layers are built (see repacking()).
-_repack = False
 
 
 @contextmanager
@@ -114,17 +107,6 @@ class _NativeKernels(QuantMethod):
             raise
         return out if out_dtype == torch.float32 else out.to(out_dtype)
 
-    def prepared(self, raw: torch.Tensor, cols: int) -> QuantMethod:
-        # Q8_0 (Gemma 3's and SmolLM2's 262k / 49k-row embeddings, used as the LM head) goes
-        # into the int8 GEMM's panels in place when the model will run batches: a batch of
-        # decode steps then multiplies it without unpacking 64 rows per call (about 40% of
-        # that matmul from 8 rows on).
-        if self.name != "Q8_0" or not _repack or not can_repack(raw, cols):
-            return self
-        self.check_raw(raw, cols)
-        torch.ops.ember.repack_q8_0_panels_(raw, cols)
-        return q8_0_panels_method()
-
     def embedding(self, raw: torch.Tensor, cols: int, ids: torch.Tensor) -> torch.Tensor:
         self.check_raw(raw, cols)
         flat = ids.reshape(-1).to(torch.int64)
@@ -132,32 +114,14 @@ class _NativeKernels(QuantMethod):
         return out.reshape(*ids.shape, cols)
 
 
-@contextmanager
-def repacking(enabled: bool) -> Iterator[None]:
-    """Whether layers built inside repack Q8_0 weights into panels (off by default: the loader
-    turns it on for models that will run batches, see load_model_path)."""
-    global _repack
-    previous, _repack = _repack, enabled
-    try:
-        yield
-    finally:
-        _repack = previous
-
-
-@functools.cache
-def q8_0_panels_method() -> QuantMethod:
-    return fast_twin(Q8_0Panels(), Q8_0_PANELS_ID)
-
-
-def fast_twin(method: QuantMethod, type_id: int | None = None) -> QuantMethod:
-    """The native-kernel version of `method` (a type in GGML_TYPE_IDS unless `type_id` is
-    given; library loaded)."""
+def fast_twin(method: QuantMethod) -> QuantMethod:
+    """The native-kernel version of `method` (a type in GGML_TYPE_IDS; library loaded)."""
     reference_cls = type(method)
     twin_cls = type(
         f"Fast{reference_cls.__name__}",
         (_NativeKernels, reference_cls),
         {
-            "ggml_type": GGML_TYPE_IDS[method.name] if type_id is None else type_id,
+            "ggml_type": GGML_TYPE_IDS[method.name],
             "reference": method,
             "matmul_op": torch.ops.ember.qmatmul.default,
             "embedding_op": torch.ops.ember.qembedding.default,

@@ -11,27 +11,18 @@ from collections.abc import Sequence
 import torch
 
 from ember.loader.weights import RawTensor, WeightStore
-from ember.quant.base import QuantMethod, get_quant_method
+from ember.quant.base import get_quant_method
 
 
 class QuantLinear:
     """y = x @ W.T (+ b), with W held as raw blocks and multiplied by its quant method."""
 
-    def __init__(
-        self,
-        weight: RawTensor,
-        bias: torch.Tensor | None = None,
-        method: QuantMethod | None = None,
-    ) -> None:
-        """`method`: the already prepared method of a weight another layer owns (tied
-        embeddings); by default this layer owns `weight` and prepares its method."""
+    def __init__(self, weight: RawTensor, bias: torch.Tensor | None = None) -> None:
         if len(weight.shape) != 2:
             raise ValueError(f"{weight.name}: a linear weight must be 2-D, got {weight.shape}")
+        self.method = get_quant_method(weight.qtype)
         self.out_features, self.in_features = weight.shape
         self.raw = weight.data  # uint8 [out_features, row_bytes]
-        if method is None:
-            method = get_quant_method(weight.qtype).prepared(self.raw, self.in_features)
-        self.method = method
         self.bias = bias
 
     @classmethod
@@ -78,9 +69,9 @@ class QuantEmbedding:
     """Token embedding table kept in storage format; only looked-up rows are dequantized."""
 
     def __init__(self, weight: RawTensor) -> None:
+        self.method = get_quant_method(weight.qtype)
         self.num_embeddings, self.embedding_dim = weight.shape
         self.raw = weight.data  # uint8 [num_embeddings, row_bytes]
-        self.method = get_quant_method(weight.qtype).prepared(self.raw, self.embedding_dim)
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         # ids: [T] -> [T, embedding_dim]
@@ -89,5 +80,4 @@ class QuantEmbedding:
     def as_linear(self) -> QuantLinear:
         """The same table used as an output projection (tied embeddings), sharing its storage."""
         shape = (self.num_embeddings, self.embedding_dim)
-        tied = RawTensor("tied_output", self.method.name, shape, self.raw)
-        return QuantLinear(tied, method=self.method)
+        return QuantLinear(RawTensor("tied_output", self.method.name, shape, self.raw))

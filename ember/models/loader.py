@@ -25,11 +25,8 @@ class LoadedModel:
     name: str
 
 
-def _build(arch: Any, config: ModelConfig, store: WeightStore, batched: bool) -> DecoderLM:
-    from ember.kernels.methods import repacking
-
-    with repacking(batched):
-        model = DecoderLM(config, store, arch.make_block, arch.NORM_OFFSET[store.file_format])
+def _build(arch: Any, config: ModelConfig, store: WeightStore) -> DecoderLM:
+    model = DecoderLM(config, store, arch.make_block, arch.NORM_OFFSET[store.file_format])
     unused = store.remaining()
     if unused:
         # Extra tensors are harmless for generation, but worth knowing about.
@@ -37,7 +34,7 @@ def _build(arch: Any, config: ModelConfig, store: WeightStore, batched: bool) ->
     return model
 
 
-def load_gguf(path: Path, *, with_tokenizer: bool = True, batched: bool = False) -> LoadedModel:
+def load_gguf(path: Path, *, with_tokenizer: bool = True) -> LoadedModel:
     from ember.loader.gguf_file import read_gguf
 
     gguf_file = read_gguf(path)
@@ -53,7 +50,7 @@ def load_gguf(path: Path, *, with_tokenizer: bool = True, batched: bool = False)
         tokenizer = tokenizer_from_gguf_metadata(gguf_file.metadata)
     store = store_from_gguf(gguf_file)
     del gguf_file  # releases the file mapping; the store holds copies
-    return LoadedModel(_build(arch, config, store, batched), config, tokenizer, path.name)
+    return LoadedModel(_build(arch, config, store), config, tokenizer, path.name)
 
 
 def read_hf_config(directory: Path) -> dict[str, Any]:
@@ -69,9 +66,7 @@ def read_hf_config(directory: Path) -> dict[str, Any]:
     return cfg
 
 
-def load_hf_directory(
-    directory: Path, *, with_tokenizer: bool = True, batched: bool = False
-) -> LoadedModel:
+def load_hf_directory(directory: Path, *, with_tokenizer: bool = True) -> LoadedModel:
     cfg = read_hf_config(directory)
     arch = architecture_for_hf(str(cfg.get("model_type", "")))
     config = arch.config_from_hf(cfg)
@@ -81,17 +76,12 @@ def load_hf_directory(
         from ember.tokenizer.hf_tokenizer import tokenizer_from_hf_directory
 
         tokenizer = tokenizer_from_hf_directory(directory)
-    return LoadedModel(_build(arch, config, store, batched), config, tokenizer, directory.name)
+    return LoadedModel(_build(arch, config, store), config, tokenizer, directory.name)
 
 
-def load_model_path(
-    path: Path, *, with_tokenizer: bool = True, batched: bool = False
-) -> LoadedModel:
-    """`batched`: the model will run batches of many sequences (an LLMEngine), so weights are
-    laid out for the batched int8 GEMM where a layout for that exists (Q8_0 panels: 40% faster
-    from 8 rows, 5-13% slower for 1-4 rows than the row-streaming GEMV a single stream uses)."""
+def load_model_path(path: Path, *, with_tokenizer: bool = True) -> LoadedModel:
     if path.is_dir():
-        return load_hf_directory(path, with_tokenizer=with_tokenizer, batched=batched)
+        return load_hf_directory(path, with_tokenizer=with_tokenizer)
     if path.is_file():
-        return load_gguf(path, with_tokenizer=with_tokenizer, batched=batched)
+        return load_gguf(path, with_tokenizer=with_tokenizer)
     raise ModelFileError(f"{path}: no such file or directory")

@@ -101,15 +101,6 @@ class QuantMethod(ABC):
         picked = raw.index_select(0, ids.reshape(-1))
         return self.dequantize(picked, cols).reshape(*ids.shape, cols)
 
-    def prepared(self, raw: torch.Tensor, cols: int) -> QuantMethod:
-        """The method to use for `raw` from now on, given that this layer owns it.
-
-        A fast method may rewrite `raw` in place into a layout its kernels read better and
-        return the method of that layout (see ember.quant.q8_0_panels); the reference keeps
-        the GGUF layout. Call once per tensor, before any other use of it.
-        """
-        return self
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name})"
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import math
 import re
@@ -192,9 +191,7 @@ class ModelManager:
         loop = asyncio.get_running_loop()
         log.info("loading %s from %s", names[0], path)
         try:
-            loaded = await loop.run_in_executor(
-                None, functools.partial(load_model_path, path, batched=True)
-            )
+            loaded = await loop.run_in_executor(None, load_model_path, path)
         except EmberError as exc:
             raise ApiError(500, f"cannot load {names[0]}: {exc}", type="server_error") from None
         served = ServedModel(names, loaded, AsyncEngine(loaded, self.engine_config))

@@ -29,25 +29,17 @@ def load_reference(name: str) -> dict:
 _loaded: dict[str, object] = {}
 
 
-def loaded_model(alias: str, batched: bool = False):
-    """LoadedModel for a library alias, loaded once per test session (per layout: `batched`
-    is how the engine's users load it, see load_model_path)."""
-    key = f"{alias}:{batched}"
-    if key not in _loaded:
+def loaded_model(alias: str):
+    """LoadedModel for a library alias, loaded once per test session."""
+    if alias not in _loaded:
         from ember.models.loader import load_model_path
         from ember.registry.resolve import resolve_model
 
-        _loaded[key] = load_model_path(resolve_model(alias).path, batched=batched)
-    return _loaded[key]
+        _loaded[alias] = load_model_path(resolve_model(alias).path)
+    return _loaded[alias]
 
 
 @pytest.fixture(scope="session", params=sorted(MODELS))
 def reference_model(request: pytest.FixtureRequest):
-    """(reference key, LoadedModel) for each real model, as a single sequence runs it."""
+    """(reference key, LoadedModel) for each real model."""
     return request.param, loaded_model(MODELS[request.param])
-
-
-@pytest.fixture(scope="session", params=sorted(MODELS))
-def batched_reference_model(request: pytest.FixtureRequest):
-    """(reference key, LoadedModel) for each real model, as the serving engine runs it."""
-    return request.param, loaded_model(MODELS[request.param], batched=True)

@@ -38,12 +38,10 @@ def teacher_forced(engine: LLMEngine, cases: list[dict]) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize("kv_dtype", ["bf16", "fp32", "int8"])
-def test_engine_scores_llamacpp_continuations_like_llamacpp(
-    batched_reference_model, kv_dtype
-) -> None:
+def test_engine_scores_llamacpp_continuations_like_llamacpp(reference_model, kv_dtype) -> None:
     """Same bar as the single-sequence parity test, with every case in one batch, prompts cut
     into chunks by a small token budget, and the KV cache in blocks."""
-    key, loaded = batched_reference_model
+    key, loaded = reference_model
     cases = load_reference("llamacpp-greedy.json")["models"][key]
     config = EngineConfig(
         max_num_batched_tokens=96, max_num_seqs=16, kv_cache_dtype=kv_dtype, kv_cache_tokens=8192
@@ -53,10 +51,8 @@ def test_engine_scores_llamacpp_continuations_like_llamacpp(
     assert worst <= 0.5, f"{key}/{kv_dtype}: llama.cpp's token is {worst:.3f} nats below the best"
 
 
-def test_deterministic_engine_gives_the_same_tokens_alone_and_batched(
-    batched_reference_model,
-) -> None:
-    key, loaded = batched_reference_model
+def test_deterministic_engine_gives_the_same_tokens_alone_and_batched(reference_model) -> None:
+    key, loaded = reference_model
     cases = load_reference("llamacpp-greedy.json")["models"][key][:6]
     params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, logprobs=0)
 

@@ -16,8 +16,6 @@ enum GgmlType : int64_t {
   kQ4_K = 12,
   kQ5_K = 13,
   kQ6_K = 14,
-  // Not a GGML type: Q8_0 rows repacked at load into the int8 GEMM's panels (q8p_* below).
-  kQ8_0Panels = 1008,
 };
 
 struct TypeInfo {
@@ -76,20 +74,5 @@ void gemm_i8_unpack(int64_t qtype, const uint8_t* weights, int64_t row_bytes, in
 // out[m * ldo + n] = dot(activation row m, panel row n) for m in [m0, m1), n < n_valid.
 void gemm_i8_panel(int64_t qtype, const uint8_t* acts, int64_t rows, int64_t K, int64_t m0,
                    int64_t m1, const uint8_t* panel, float* out, int64_t ldo, int64_t n_valid);
-
-// Software prefetch of `bytes` bytes from `p` into L2.
-void prefetch_l2(const uint8_t* p, int64_t bytes);
-
-// ---- Q8_0 repacked into panels (kQ8_0Panels) ----
-// In place, one panel of kGemmPanelRows rows at a time (K a multiple of 64): the panel's bytes
-// become its codes in the int8 GEMM's order followed by its fp16 scales; same size.
-void q8p_repack_panel(uint8_t* panel, int64_t K);
-// Row `row` of a repacked matrix, dequantized exactly as the Q8_0 reference does (d * q).
-void q8p_row_f32(const uint8_t* weights, int64_t K, int64_t row, float* out);
-void q8p_row_bf16(const uint8_t* weights, int64_t K, int64_t row, uint16_t* out);
-// out[m * ldo + n] = dot(activation row m, panel row n), m in [m0, m1), all 64 panel rows;
-// `acts` from gemm_i8_quantize(kQ8_0, ...).
-void q8p_gemm_panel(const uint8_t* acts, int64_t rows, int64_t K, int64_t m0, int64_t m1,
-                    const uint8_t* panel, float* out, int64_t ldo);
 
 }  // namespace ember

@@ -330,13 +330,9 @@ DecodeFn decoder_of(int64_t qtype) {
 // registers, so the fp32 sums live in a small stack tile (L1), updated once per scale block.
 // On Zen 5 this runs vpdpbusd at ~1.4 per cycle (~330 GMAC/s per core with the data in cache);
 // without the per-block rescale it reaches ~1.9, so the int8 -> fp32 step is the main cost.
-// kHalf: the weight scales are fp16 (the Q8_0 panels repacked at load keep GGUF's own fp16
-// scales so that the repacked tensor is exactly as large as the original).
-template <int Rows, int kGroups, bool kCorr, bool kMin, bool kHalf = false>
-void kernel(const Acts& a, int64_t m0, const uint8_t* codes, const void* wscale_any,
+template <int Rows, int kGroups, bool kCorr, bool kMin>
+void kernel(const Acts& a, int64_t m0, const uint8_t* codes, const float* wscale,
             const float* wmin, int64_t n_scales, float* out, int64_t ldo, int64_t n_valid) {
-  const float* wscale = static_cast<const float*>(wscale_any);
-  const uint16_t* wscale16 = static_cast<const uint16_t*>(wscale_any);
   alignas(64) float c[Rows][kPanel];
   std::memset(c, 0, sizeof(c));
   const int8_t* q[Rows];
@@ -360,12 +356,6 @@ void kernel(const Acts& a, int64_t m0, const uint8_t* codes, const void* wscale_
     const uint8_t* b = codes + s * kGroups * kGroupBytes;
 #pragma GCC unroll 8
     for (int g = 0; g < kGroups; ++g) {
-      if constexpr (kHalf && Rows <= 4) {
-        // Few rows: the panels stream from DRAM faster than they are used; ask for the lines
-        // 2 KB ahead (into the next panel at the end) to keep more reads in flight.
-        const char* ahead = reinterpret_cast<const char*>(b + g * kGroupBytes + 1024);
-        for (int line = 0; line < 4; ++line) _mm_prefetch(ahead + 64 * line, _MM_HINT_T0);
-      }
       __m512i w[kVectors];
 #pragma GCC unroll 4
       for (int v = 0; v < kVectors; ++v) w[v] = _mm512_load_si512(b + g * kGroupBytes + 64 * v);
@@ -380,12 +370,7 @@ void kernel(const Acts& a, int64_t m0, const uint8_t* codes, const void* wscale_
     }
 #pragma GCC unroll 4
     for (int v = 0; v < kVectors; ++v) {
-      __m512 ws;
-      if constexpr (kHalf)
-        ws = _mm512_cvtph_ps(
-            _mm256_load_si256(reinterpret_cast<const __m256i*>(wscale16 + s * kPanel + 16 * v)));
-      else
-        ws = _mm512_load_ps(wscale + s * kPanel + 16 * v);
+      const __m512 ws = _mm512_load_ps(wscale + s * kPanel + 16 * v);
       __m512 wm;
       if constexpr (kMin) wm = _mm512_load_ps(wmin + s * kPanel + 16 * v);
 #pragma GCC unroll 8
@@ -409,18 +394,18 @@ void kernel(const Acts& a, int64_t m0, const uint8_t* codes, const void* wscale_
   }
 }
 
-using KernelFn = void (*)(const Acts&, int64_t, const uint8_t*, const void*, const float*,
+using KernelFn = void (*)(const Acts&, int64_t, const uint8_t*, const float*, const float*,
                           int64_t, float*, int64_t, int64_t);
 
-template <int kGroups, bool kCorr, bool kMin, bool kHalf = false>
+template <int kGroups, bool kCorr, bool kMin>
 KernelFn kernel_for_rows(int rows) {
   switch (rows) {
-    case 1: return kernel<1, kGroups, kCorr, kMin, kHalf>;
-    case 2: return kernel<2, kGroups, kCorr, kMin, kHalf>;
-    case 3: return kernel<3, kGroups, kCorr, kMin, kHalf>;
-    case 4: return kernel<4, kGroups, kCorr, kMin, kHalf>;
-    case 5: return kernel<5, kGroups, kCorr, kMin, kHalf>;
-    default: return kernel<6, kGroups, kCorr, kMin, kHalf>;
+    case 1: return kernel<1, kGroups, kCorr, kMin>;
+    case 2: return kernel<2, kGroups, kCorr, kMin>;
+    case 3: return kernel<3, kGroups, kCorr, kMin>;
+    case 4: return kernel<4, kGroups, kCorr, kMin>;
+    case 5: return kernel<5, kGroups, kCorr, kMin>;
+    default: return kernel<6, kGroups, kCorr, kMin>;
   }
 }
 
@@ -508,100 +493,6 @@ void gemm_i8_panel(int64_t qtype, const uint8_t* acts, int64_t rows, int64_t K, 
   for (int64_t m = m0; m < m1; m += kMaxRows) {
     const int r = static_cast<int>(m1 - m < kMaxRows ? m1 - m : kMaxRows);
     kernel_of(l, r)(a, m, p.codes, p.scale, p.min, a.n_scales, out, ldo, n_valid);
-  }
-}
-
-// ---- Q8_0 repacked into panels at load (kQ8_0Panels) ----
-// One panel per 64 weight rows, in the bytes those rows occupied (64 * row_bytes = 68 * K):
-// the int8 codes shifted to unsigned (q ^ 0x80: the Q8_0 layout's offset of 128) in the
-// group-major order the kernel reads, [K / 4][64 rows][4], then GGUF's fp16 scales [K / 32][64].
-
-void prefetch_l2(const uint8_t* p, int64_t bytes) {
-  for (int64_t off = 0; off < bytes; off += 64)
-    _mm_prefetch(reinterpret_cast<const char*>(p + off), _MM_HINT_T1);
-}
-
-void q8p_repack_panel(uint8_t* panel, int64_t K) {
-  const int64_t row_bytes = K / 32 * 34, n_blocks = K / 32;
-  thread_local std::vector<uint8_t> staging;
-  const size_t need = static_cast<size_t>(kPanel * row_bytes + kPanel * K + 64);
-  if (staging.size() < need) staging.resize(need);
-  uint8_t* original = staging.data();
-  uint8_t* rows = reinterpret_cast<uint8_t*>(
-      (reinterpret_cast<uintptr_t>(original + kPanel * row_bytes) + 63) &
-      ~static_cast<uintptr_t>(63));
-  std::memcpy(original, panel, kPanel * row_bytes);
-  uint16_t* scales = reinterpret_cast<uint16_t*>(panel + kPanel * K);
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-  for (int64_t r = 0; r < kPanel; ++r) {
-    const uint8_t* row = original + r * row_bytes;
-    for (int64_t b = 0; b < n_blocks; ++b) {
-      uint16_t d;
-      std::memcpy(&d, row + 34 * b, 2);
-      scales[b * kPanel + r] = d;
-      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 34 * b + 2));
-      _mm256_store_si256(reinterpret_cast<__m256i*>(rows + r * K + 32 * b),
-                         _mm256_xor_si256(q, _mm512_castsi512_si256(flip)));
-    }
-  }
-  for (int v = 0; v < kVectors; ++v) {
-    for (int64_t c = 0; c < K / 64; ++c) {
-      __m512i r[16];
-      for (int i = 0; i < 16; ++i) r[i] = _mm512_load_si512(rows + (16 * v + i) * K + 64 * c);
-      transpose16(r);
-      uint8_t* dst = panel + 16 * c * kGroupBytes + 64 * v;
-      for (int j = 0; j < 16; ++j) _mm512_storeu_si512(dst + j * kGroupBytes, r[j]);
-    }
-  }
-}
-
-void q8p_row_f32(const uint8_t* weights, int64_t K, int64_t row, float* out) {
-  const int64_t row_bytes = K / 32 * 34;
-  const uint8_t* panel = weights + (row / kPanel) * kPanel * row_bytes;
-  const int64_t lane = row % kPanel;
-  const uint16_t* scales = reinterpret_cast<const uint16_t*>(panel + kPanel * K);
-  // Dword i of 64 k values [64c, 64c + 64) sits in group 16c + i, at this row's lane.
-  const __m512i offsets =
-      _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                         _mm512_set1_epi32(static_cast<int>(kGroupBytes)));
-  const uint8_t* lane_base = panel + (lane / 16) * 64 + (lane % 16) * 4;
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-  for (int64_t c = 0; c < K / 64; ++c) {
-    const __m512i codes = _mm512_xor_si512(
-        _mm512_i32gather_epi32(offsets, lane_base + 16 * c * kGroupBytes, 1), flip);
-    alignas(64) int8_t q[64];
-    _mm512_store_si512(q, codes);
-    for (int half = 0; half < 2; ++half) {
-      const float d = _cvtsh_ss(scales[(2 * c + half) * kPanel + lane]);
-      const __m512 dv = _mm512_set1_ps(d);
-      for (int quarter = 0; quarter < 2; ++quarter) {
-        const int k = 32 * half + 16 * quarter;
-        const __m512 values = _mm512_cvtepi32_ps(
-            _mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(q + k))));
-        _mm512_storeu_ps(out + 64 * c + k, _mm512_mul_ps(dv, values));
-      }
-    }
-  }
-}
-
-void q8p_row_bf16(const uint8_t* weights, int64_t K, int64_t row, uint16_t* out) {
-  thread_local std::vector<float> values;
-  if (static_cast<int64_t>(values.size()) < K) values.resize(K);
-  q8p_row_f32(weights, K, row, values.data());
-  f32_to_bf16(values.data(), K, out);
-}
-
-void q8p_gemm_panel(const uint8_t* acts, int64_t rows, int64_t K, int64_t m0, int64_t m1,
-                    const uint8_t* panel, float* out, int64_t ldo) {
-  Layout l;
-  layout_of(kQ8_0, &l);
-  const ActsMut am = acts_view(l, const_cast<uint8_t*>(acts), rows, K);
-  const Acts a{am.q, am.scale, am.corr, am.sum, am.kp, am.n_scales};
-  const void* scales = panel + kPanel * K;
-  for (int64_t m = m0; m < m1; m += kMaxRows) {
-    const int r = static_cast<int>(m1 - m < kMaxRows ? m1 - m : kMaxRows);
-    kernel_for_rows<8, true, false, true>(r)(a, m, panel, scales, nullptr, a.n_scales, out, ldo,
-                                             kPanel);
   }
 }
 

@@ -39,11 +39,8 @@ uint8_t* scratch(int slot, size_t bytes) {
   return buffers[slot].get();
 }
 
-// Q8_0 repacked into panels keeps Q8_0's block size and bytes per block.
-bool is_panels(int64_t qtype) { return qtype == ember::kQ8_0Panels; }
-
 const ember::TypeInfo& checked_type(int64_t qtype) {
-  const ember::TypeInfo* info = ember::find_type(is_panels(qtype) ? ember::kQ8_0 : qtype);
+  const ember::TypeInfo* info = ember::find_type(qtype);
   TORCH_CHECK(info != nullptr, "ember kernels: no fast kernel for ggml type ", qtype);
   return *info;
 }
@@ -70,23 +67,6 @@ void integer_path(const ember::TypeInfo& info, int64_t qtype, const float* x, in
       ember::gemv(qtype, n_act, w, row_bytes, K, acts, dst, N, r0, r1);
     });
   }
-}
-
-// Row r of a weight matrix, dequantized: rows of GGML blocks, or a row of the Q8_0 panels.
-void weight_row_bf16(int64_t qtype, const uint8_t* w, int64_t row_bytes, int64_t K, int64_t r,
-                     uint16_t* out) {
-  if (is_panels(qtype))
-    ember::q8p_row_bf16(w, K, r, out);
-  else
-    ember::dequant_row_bf16(qtype, w + r * row_bytes, K, out);
-}
-
-void weight_row_f32(int64_t qtype, const uint8_t* w, int64_t row_bytes, int64_t K, int64_t r,
-                    float* out) {
-  if (is_panels(qtype))
-    ember::q8p_row_f32(w, K, r, out);
-  else
-    ember::dequant_row_f32(qtype, w + r * row_bytes, K, out);
 }
 
 void bf16_block(int64_t qtype, const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t N,
@@ -117,7 +97,7 @@ void bf16_block(int64_t qtype, const float* x, int64_t M, int64_t K, const uint8
       const int64_t n0 = tile_idx * tile_rows, n1 = std::min(N, n0 + tile_rows);
       if (tile_idx != loaded) {
         for (int64_t r = n0; r < n1; ++r)
-          weight_row_bf16(qtype, w, row_bytes, K, r, tile + (r - n0) * K);
+          ember::dequant_row_bf16(qtype, w + r * row_bytes, K, tile + (r - n0) * K);
         const int64_t pad_rows = (4 - (n1 - n0) % 4) % 4;
         std::memset(tile + (n1 - n0) * K, 0, pad_rows * K * sizeof(uint16_t));
         loaded = tile_idx;
@@ -150,12 +130,9 @@ constexpr int64_t kInt8RowsPerPass = 1024;
 
 void int8_gemm_block(int64_t qtype, const float* x, int64_t M, int64_t K, const uint8_t* w,
                      int64_t N, int64_t row_bytes, float* out, int64_t ldo) {
-  // Panels repacked at load are multiplied where they lie; other types unpack each panel.
-  const bool prepacked = is_panels(qtype);
-  const int64_t acts_type = prepacked ? ember::kQ8_0 : qtype;
-  uint8_t* acts = scratch(0, ember::gemm_i8_acts_bytes(acts_type, M, K));
+  uint8_t* acts = scratch(0, ember::gemm_i8_acts_bytes(qtype, M, K));
   at::parallel_for(0, M, std::max<int64_t>(1, 16384 / K), [&](int64_t r0, int64_t r1) {
-    ember::gemm_i8_quantize(acts_type, x, M, K, r0, r1, acts);
+    ember::gemm_i8_quantize(qtype, x, M, K, r0, r1, acts);
   });
   // Tasks are (panel, row chunk) pairs handed out in contiguous runs, one run per thread.
   // Rows are split only as far as needed for every thread to get the same amount of work
@@ -166,24 +143,6 @@ void int8_gemm_block(int64_t qtype, const float* x, int64_t M, int64_t K, const 
       std::clamp<int64_t>(threads / std::gcd(n_panels, threads), 1, std::max<int64_t>(1, M / 6));
   const int64_t rows_per_chunk = (M + m_chunks - 1) / m_chunks;
   const int64_t panel_bytes = ember::gemm_i8_panel_bytes(qtype, K);
-  if (prepacked) {
-    const int64_t stride = ember::kGemmPanelRows * row_bytes;
-    at::parallel_for(0, n_panels * m_chunks, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t p = t / m_chunks, chunk = t % m_chunks;
-        // Ask for the next panel while this one is multiplied: the hardware prefetcher alone
-        // leaves each new panel's first pass waiting on DRAM.
-        if (M > 4 && chunk == 0 && t + m_chunks < t1)
-          ember::prefetch_l2(w + (p + 1) * stride, stride);
-        const int64_t m0 = std::min(M, chunk * rows_per_chunk);
-        const int64_t m1 = std::min(M, m0 + rows_per_chunk);
-        if (m1 > m0)
-          ember::q8p_gemm_panel(acts, M, K, m0, m1, w + p * stride, out + p * ember::kGemmPanelRows,
-                                ldo);
-      }
-    });
-    return;
-  }
   at::parallel_for(0, n_panels * m_chunks, 1, [&](int64_t t0, int64_t t1) {
     // Slot 1: the calling thread works too, and its slot 0 holds `acts`.
     uint8_t* panel = scratch(1, panel_bytes);
@@ -255,9 +214,7 @@ at::Tensor qmatmul(const at::Tensor& x, const at::Tensor& raw, int64_t cols, int
   const int64_t M = xf.size(0), N = w.size(0), row_bytes = w.size(1);
   at::Tensor out = at::empty({M, N}, xf.options());
   if (M == 0 || N == 0) return out;
-  int64_t chosen = path == kAuto ? auto_path(qtype, M) : path;
-  // Repacked panels have no row-streaming gemv: the int8 GEMM serves every small batch.
-  if (is_panels(qtype) && chosen == kInteger) chosen = kInt8Gemm;
+  const int64_t chosen = path == kAuto ? auto_path(qtype, M) : path;
   const float* xp = xf.const_data_ptr<float>();
   const uint8_t* wp = w.const_data_ptr<uint8_t>();
   float* op = out.mutable_data_ptr<float>();
@@ -287,26 +244,9 @@ at::Tensor qembedding(const at::Tensor& raw, int64_t cols, const at::Tensor& ids
   float* dst = out.mutable_data_ptr<float>();
   at::parallel_for(0, n, std::max<int64_t>(1, 262144 / (cols * 4)), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i)
-      weight_row_f32(qtype, base, row_bytes, cols, id[i], dst + i * cols);
+      ember::dequant_row_f32(qtype, base + id[i] * row_bytes, cols, dst + i * cols);
   });
   return out;
-}
-
-// In place: Q8_0 rows [rows, row_bytes] -> the same bytes as panels (qtype kQ8_0Panels).
-void repack_q8_0_panels(at::Tensor& raw, int64_t cols) {
-  const ember::TypeInfo& info = checked_type(ember::kQ8_0);
-  TORCH_CHECK(raw.is_contiguous(), "ember kernels: Q8_0 panels need contiguous weights");
-  checked_raw(raw, info, cols);
-  TORCH_CHECK(cols % 64 == 0 && raw.size(0) % ember::kGemmPanelRows == 0,
-              "ember kernels: Q8_0 panels need rows and columns in multiples of 64, got ",
-              raw.size(0), " x ", cols);
-  TORCH_CHECK(reinterpret_cast<uintptr_t>(raw.data_ptr()) % 64 == 0,
-              "ember kernels: Q8_0 panels need 64-byte aligned weights");
-  uint8_t* base = raw.mutable_data_ptr<uint8_t>();
-  const int64_t stride = ember::kGemmPanelRows * raw.size(1);
-  at::parallel_for(0, raw.size(0) / ember::kGemmPanelRows, 16, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) ember::q8p_repack_panel(base + p * stride, cols);
-  });
 }
 
 }  // namespace
@@ -314,11 +254,9 @@ void repack_q8_0_panels(at::Tensor& raw, int64_t cols) {
 TORCH_LIBRARY(ember, m) {
   m.def("qmatmul(Tensor x, Tensor raw, int cols, int qtype, int path=0) -> Tensor");
   m.def("qembedding(Tensor raw, int cols, Tensor ids, int qtype) -> Tensor");
-  m.def("repack_q8_0_panels_(Tensor(a!) raw, int cols) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(ember, CPU, m) {
   m.impl("qmatmul", &qmatmul);
   m.impl("qembedding", &qembedding);
-  m.impl("repack_q8_0_panels_", &repack_q8_0_panels);
 }
