@@ -49,6 +49,12 @@ def no_kernels() -> bool:
     return os.environ.get("EMBER_NO_KERNELS", "") not in ("", "0")
 
 
+def grammar_backend() -> str | None:
+    """EMBER_GRAMMAR_BACKEND, if set: the grammar library "auto" stands for (llguidance or
+    xgrammar) in structured outputs."""
+    return os.environ.get("EMBER_GRAMMAR_BACKEND") or None
+
+
 def llama_bin() -> Path:
     """LLAMA_CPP_BIN (or EMBER_LLAMA_BIN): llama.cpp's bin folder for side-by-side benchmarks."""
     value = os.environ.get("EMBER_LLAMA_BIN") or os.environ.get("LLAMA_CPP_BIN")

@@ -30,8 +30,6 @@ from ember.server.errors import bad_request
 
 CALL_OPEN = "<tool_call>"
 CALL_CLOSE = "</tool_call>"
-STRUCTURAL_TAG_STYLE = "qwen_3"
-"""xgrammar's name for the <tool_call>{json}</tool_call> format."""
 
 ToolMode = Literal["auto", "required", "named"]
 
@@ -49,6 +47,18 @@ class ToolCall:
             "type": "function",
             "function": {"name": self.name, "arguments": self.arguments},
         }
+
+
+def _call_tag(function: Mapping[str, Any]) -> dict[str, Any]:
+    """One forced call in the <tool_call>{json}</tool_call> format (what Qwen-style templates and
+    the injected tool prompt teach): the name written out, the arguments held to the schema."""
+    parameters = function.get("parameters") or {"type": "object", "properties": {}}
+    return {
+        "type": "tag",
+        "begin": f'{CALL_OPEN}\n{{"name": {json.dumps(function["name"])}, "arguments": ',
+        "content": {"type": "json_schema", "json_schema": parameters, "style": "json"},
+        "end": f"}}\n{CALL_CLOSE}",
+    }
 
 
 def new_call_id() -> str:
@@ -74,43 +84,24 @@ class ToolPlan:
 
     def constraint(self) -> StructuredOutputs | None:
         """A structural tag for "required" and named choices (the arguments then always match
-        the function's parameters schema); None for "auto". A one-line 400 when the grammar
-        library is missing or rejects a tool."""
+        the function's parameters schema); None for "auto". prepare_tools checks it with the
+        grammar library (a one-line 400 when a tool's schema cannot be followed)."""
         if self.mode == "auto":
             return None
-        choice: Any = "required"
         if self.mode == "named":
-            choice = {"type": "function", "function": {"name": self.name}}
-        try:
-            import xgrammar
-
-            tag = xgrammar.get_model_structural_tag(
-                STRUCTURAL_TAG_STYLE,
-                tools=list[Any](self.functions),
-                tool_choice=choice,
-                reasoning=False,
-                parallel_tool_calls=self.parallel,
-            )
-        except ImportError:
-            raise bad_request(
-                "tool_choice needs the grammar library: pip install 'ember[structured]'",
-                "tool_choice",
-            ) from None
-        except ValueError as exc:  # pydantic's ValidationError too
-            detail = str(exc).splitlines()[0] if str(exc) else "invalid tools"
-            raise bad_request(f"tools cannot be constrained: {detail}", "tools") from None
-        spec = tag.model_dump(mode="json")
-        calls = spec.get("format", {})
-        if self.mode == "required" and calls.get("type") == "triggered_tags":
-            # Only calls, one per line: no text before, between or after them (the library's
-            # "required" allows free text around the calls, which small models ramble into).
-            spec["format"] = {
+            named = [f for f in self.functions if f["function"]["name"] == self.name]
+            call_format: dict[str, Any] = _call_tag(named[0]["function"])
+        else:
+            # Only calls, one per line: no text before, between or after them (free text
+            # around forced calls is where small models ramble).
+            call_format = {
                 "type": "tags_with_separator",
-                "tags": calls["tags"],
+                "tags": [_call_tag(f["function"]) for f in self.functions],
                 "separator": "\n",
                 "at_least_one": True,
                 "stop_after_first": not self.parallel,
             }
+        spec = {"type": "structural_tag", "format": call_format}
         return StructuredOutputs(structural_tag=spec, any_whitespace=False)
 
 

@@ -1,12 +1,16 @@
-"""Grammar-constrained decoding (structured outputs) with xgrammar.
+"""Grammar-constrained decoding (structured outputs), with llguidance or xgrammar.
 
-- grammar.py: StructuredOutputs -> xgrammar Grammar, checked when the request arrives;
-- vocab.py: an Ember tokenizer -> xgrammar.TokenizerInfo;
+- backend.py: the interface a grammar library implements, and which one "auto" picks;
+  backend_llguidance.py (+ llguidance_lark.py, gbnf_lark.py) and backend_xgrammar.py
+  implement it;
+- grammar.py: StructuredOutputs -> the library's grammar, checked when the request arrives;
+- vocab.py: an Ember tokenizer -> the token bytes both libraries match against;
 - compiler.py: per-model compiles on a background thread, cached by spec;
 - matcher.py: one sequence's grammar state, advanced with each kept token;
-- masks.py: the batch's token masks, filled on a worker thread during the forward pass.
+- masks.py, bitmask.py: the batch's token masks, filled on a worker thread during the forward
+  pass and applied to the logits with plain torch.
 
-xgrammar itself is imported only once a constrained request arrives.
+The grammar library itself is imported only once a constrained request arrives.
 """
 
 from ember.structured.compiler import PendingGrammar, StructuredCompiler

@@ -3,7 +3,8 @@
 The model runner calls `GrammarMasker.start(grammars)` before its forward pass; a worker thread
 then fills one bitmask row per constrained row (waiting for a grammar still compiling, if any)
 while the model computes the logits, and `PendingMasks.apply(logits)` joins it and sets every
-disallowed logit to -inf in place. A batch with no constrained row never gets here.
+disallowed logit to -inf in place (plain torch: bitmask.py). A batch with no constrained row
+never gets here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
+from ember.structured.bitmask import apply_bitmask_inplace
 from ember.structured.matcher import GrammarState
 
 
@@ -27,15 +29,8 @@ class PendingMasks:
 
     def apply(self, logits: torch.Tensor) -> None:
         """Mask logits [B, V] in place (rows as given to start); waits for the fill."""
-        import xgrammar as xgr
-
         self._future.result()
-        vocab = self._vocab_size
-        xgr.apply_token_bitmask_inplace(
-            logits, self._bitmask, vocab_size=min(vocab, logits.shape[1]), indices=self._rows
-        )
-        if logits.shape[1] > vocab:  # columns the grammar knows nothing of are never allowed
-            logits[self._rows, vocab:] = float("-inf")
+        apply_bitmask_inplace(logits, self._bitmask, self._rows, self._vocab_size)
 
 
 class GrammarMasker:

@@ -5,34 +5,39 @@ per completion) and advances only through RequestSamplingState.append_token, i.e
 the tokens the engine keeps. The scheduler never takes a kept token back: a preempted request
 keeps its output tokens and recomputes prompt + output with no sampling until the end, so the
 matcher needs no rollback to stay in step with the request.
+
+The state is library-free: the backend's matcher (backend.GrammarMatcher) does the matching.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ember.structured.grammar import error_detail
 
 if TYPE_CHECKING:
-    import xgrammar
+    from ember.structured.backend import GrammarMatcher
 
 
 class GrammarState:
     def __init__(
         self,
-        compiled: Future[xgrammar.CompiledGrammar],
+        compiled: Future[Any],
         vocab_size: int,
         stop_row: torch.Tensor,
+        new_matcher: Callable[[Any], GrammarMatcher],
     ) -> None:
         self._compiled = compiled
+        self._new_matcher = new_matcher
         self.vocab_size = vocab_size
         """Columns of the model's logits the grammar covers."""
         self._stop_row = stop_row
         """The bitmask row that allows the stop tokens and nothing else."""
-        self._matcher: xgrammar.GrammarMatcher | None = None
+        self._matcher: GrammarMatcher | None = None
         self._next_row: torch.Tensor | None = None
         """A mask already computed for the next step (after a token that completed the grammar)."""
         self.ended = False
@@ -66,7 +71,12 @@ class GrammarState:
                     f"structured output: the grammar failed to compile: {error_detail(exc)}"
                 )
                 return
-            matcher.fill_next_token_bitmask(bitmask, row)
+            try:
+                matcher.fill_next_token_bitmask(bitmask, row)
+            except Exception as exc:  # noqa: BLE001 - e.g. a grammar past the library's limits
+                bitmask[row] = -1
+                self.error = f"structured output: the grammar failed: {error_detail(exc)}"
+                return
         self.must_stop = bool(torch.equal(bitmask[row], self._stop_row))
 
     def accept(self, token_id: int) -> None:
@@ -84,15 +94,17 @@ class GrammarState:
             # Complete, but maybe extensible (a number may take more digits): end only when the
             # next mask allows nothing but a stop token. The mask is kept for the next step.
             row = torch.empty((1, self.bitmask_width), dtype=torch.int32)
-            matcher.fill_next_token_bitmask(row, 0)
+            try:
+                matcher.fill_next_token_bitmask(row, 0)
+            except Exception as exc:  # noqa: BLE001 - as in fill_mask
+                self.error = f"structured output: the grammar failed: {error_detail(exc)}"
+                return
             if torch.equal(row[0], self._stop_row):
                 self.ended = True
             else:
                 self._next_row = row[0]
 
-    def _get_matcher(self) -> xgrammar.GrammarMatcher:
+    def _get_matcher(self) -> GrammarMatcher:
         if self._matcher is None:
-            import xgrammar as xgr
-
-            self._matcher = xgr.GrammarMatcher(self._compiled.result())
+            self._matcher = self._new_matcher(self._compiled.result())
         return self._matcher
