@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "fused.h"
+#include "parallel.h"
 
 namespace {
 
@@ -69,11 +70,7 @@ void check_float_cpu(const at::Tensor& x, const char* name) {
 template <typename F>
 void parallel_rows(int64_t n, int64_t work_per_row, int64_t min_work, const F& body) {
   const int64_t grain = std::max<int64_t>(1, min_work / std::max<int64_t>(1, work_per_row));
-  if (n <= grain) {
-    body(0, n);
-  } else {
-    at::parallel_for(0, n, grain, body);
-  }
+  ember::parallel_grain(n, grain, body);
 }
 
 // About 20 us of streaming work per thread before splitting pays for waking the others.
@@ -684,7 +681,7 @@ void attend(const AttentionShape& s, const float* q, int64_t q_stride0, int64_t 
     }
   };
   if (parallel) {
-    at::parallel_for(0, tasks, 1, run);
+    ember::parallel_grain(tasks, 1, run);
   } else {
     run(0, tasks);
   }
@@ -854,7 +851,7 @@ void paged_attend(const PagedShape& s, const float* q, int64_t q_stride0, int64_
     }
   };
   if (parallel) {
-    at::parallel_for(0, tasks, 1, run);
+    ember::parallel_grain(tasks, 1, run);
   } else {
     run(0, tasks);
   }

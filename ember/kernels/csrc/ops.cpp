@@ -1,5 +1,5 @@
 // Torch custom ops over the kernels: ember::qmatmul and ember::qembedding.
-// Threads come from torch's intra-op pool (at::parallel_for), so torch.set_num_threads applies.
+// Threads: Ember's worker pool (parallel.h), sized by torch.set_num_threads.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -13,6 +13,7 @@
 #include <numeric>
 
 #include "ember_kernels.h"
+#include "parallel.h"
 
 namespace {
 
@@ -63,7 +64,7 @@ void integer_path(const ember::TypeInfo& info, int64_t qtype, const float* x, in
     uint8_t* acts = scratch(0, ember::acts_bytes(info, n_act, K));
     ember::quantize_acts(info, x + m0 * K, n_act, K, acts);
     float* dst = out + m0 * N;
-    at::parallel_for(0, N, grain, [&](int64_t r0, int64_t r1) {
+    ember::parallel_grain(N, grain, [&](int64_t r0, int64_t r1) {
       ember::gemv(qtype, n_act, w, row_bytes, K, acts, dst, N, r0, r1);
     });
   }
@@ -73,7 +74,7 @@ void bf16_block(int64_t qtype, const float* x, int64_t M, int64_t K, const uint8
                 int64_t row_bytes, float* out, int64_t ldo) {
   const int64_t m_pad = (M + 3) / 4 * 4;
   uint16_t* a = reinterpret_cast<uint16_t*>(scratch(0, m_pad * K * sizeof(uint16_t)));
-  at::parallel_for(0, M, std::max<int64_t>(1, 65536 / K), [&](int64_t r0, int64_t r1) {
+  ember::parallel_grain(M, std::max<int64_t>(1, 65536 / K), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) ember::f32_to_bf16(x + r * K, K, a + r * K);
   });
   std::memset(a + M * K, 0, (m_pad - M) * K * sizeof(uint16_t));
@@ -87,7 +88,8 @@ void bf16_block(int64_t qtype, const float* x, int64_t M, int64_t K, const uint8
                                                std::max<int64_t>(1, m_quads / 4));
   const int64_t quads_per_chunk = (m_quads + m_chunks - 1) / m_chunks;
 
-  at::parallel_for(0, n_tiles * m_chunks, 1, [&](int64_t t0, int64_t t1) {
+  // Pieces of whole tiles: a tile is dequantized once per piece.
+  ember::parallel_units(n_tiles * m_chunks, m_chunks, 1, [&](int64_t t0, int64_t t1) {
     // Slot 1: the calling thread works too, and its slot 0 holds `a`.
     uint16_t* tile =
         reinterpret_cast<uint16_t*>(scratch(1, (tile_rows + 4) * K * sizeof(uint16_t)));
@@ -131,7 +133,7 @@ constexpr int64_t kInt8RowsPerPass = 1024;
 void int8_gemm_block(int64_t qtype, const float* x, int64_t M, int64_t K, const uint8_t* w,
                      int64_t N, int64_t row_bytes, float* out, int64_t ldo) {
   uint8_t* acts = scratch(0, ember::gemm_i8_acts_bytes(qtype, M, K));
-  at::parallel_for(0, M, std::max<int64_t>(1, 16384 / K), [&](int64_t r0, int64_t r1) {
+  ember::parallel_grain(M, std::max<int64_t>(1, 16384 / K), [&](int64_t r0, int64_t r1) {
     ember::gemm_i8_quantize(qtype, x, M, K, r0, r1, acts);
   });
   // Tasks are (panel, row chunk) pairs handed out in contiguous runs, one run per thread.
@@ -143,7 +145,8 @@ void int8_gemm_block(int64_t qtype, const float* x, int64_t M, int64_t K, const 
       std::clamp<int64_t>(threads / std::gcd(n_panels, threads), 1, std::max<int64_t>(1, M / 6));
   const int64_t rows_per_chunk = (M + m_chunks - 1) / m_chunks;
   const int64_t panel_bytes = ember::gemm_i8_panel_bytes(qtype, K);
-  at::parallel_for(0, n_panels * m_chunks, 1, [&](int64_t t0, int64_t t1) {
+  // Pieces of whole panels: a panel is unpacked once per piece.
+  ember::parallel_units(n_panels * m_chunks, m_chunks, 1, [&](int64_t t0, int64_t t1) {
     // Slot 1: the calling thread works too, and its slot 0 holds `acts`.
     uint8_t* panel = scratch(1, panel_bytes);
     int64_t loaded = -1;
@@ -242,7 +245,7 @@ at::Tensor qembedding(const at::Tensor& raw, int64_t cols, const at::Tensor& ids
   at::Tensor out = at::empty({n, cols}, raw.options().dtype(at::kFloat));
   const uint8_t* base = w.const_data_ptr<uint8_t>();
   float* dst = out.mutable_data_ptr<float>();
-  at::parallel_for(0, n, std::max<int64_t>(1, 262144 / (cols * 4)), [&](int64_t i0, int64_t i1) {
+  ember::parallel_grain(n, std::max<int64_t>(1, 262144 / (cols * 4)), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i)
       ember::dequant_row_f32(qtype, base + id[i] * row_bytes, cols, dst + i * cols);
   });
