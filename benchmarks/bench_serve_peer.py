@@ -71,7 +71,9 @@ def main() -> int:
                 print(format_report(result), flush=True)
     print(_table(results, shapes))
     if len(results) == 2:
-        _comparison_chart(results, shapes, args.out_dir / f"side-by-side-c{args.concurrency}.png")
+        _comparison_chart(
+            results, shapes, args.out_dir / f"side-by-side-{args.endpoint}-c{args.concurrency}.png"
+        )
     return 0
 
 
