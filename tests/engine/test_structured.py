@@ -10,7 +10,6 @@ the default ("auto") one.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import re
 import threading
@@ -35,6 +34,7 @@ from ember.tokenizer.base import Tokenizer
 from ember.tokenizer.chat_template import render_chat_template
 from tests.conftest import real_model_path
 from tests.models.tiny import build_hf_model, save_gguf, save_hf, write_byte_level_tokenizer
+from tests.unit.test_structured_backends import BACKENDS
 
 SCHEMAS: dict[str, dict[str, Any]] = {
     "nested": {
@@ -119,17 +119,7 @@ factor ::= [1-9] [0-9]{0,2} | "(" expr ")"
 ARITHMETIC_NODES = (ast.Expression, ast.BinOp, ast.Constant, ast.Add, ast.Sub, ast.Mult, ast.Div)
 
 
-@pytest.fixture(
-    params=[
-        pytest.param(
-            name,
-            marks=pytest.mark.skipif(
-                importlib.util.find_spec(name) is None, reason=f"{name} is not installed"
-            ),
-        )
-        for name in BACKEND_NAMES
-    ]
-)
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """The grammar library under test, chosen the way a deployment does: what "auto" means."""
     monkeypatch.setenv("EMBER_GRAMMAR_BACKEND", request.param)
