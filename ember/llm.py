@@ -99,7 +99,7 @@ class LLM:
         tools: list[dict[str, Any]] | None = None,
         **template_kwargs: Any,
     ) -> str:
-        from ember.tokenizer.chat_template import render_chat_template
+        from ember.tokenizer.chat_template import render_for_tokenizer
 
         tokenizer = self.loaded.tokenizer
         template = chat_template or tokenizer.chat_template
@@ -108,12 +108,11 @@ class LLM:
                 f"{self.model_name} has no chat template: use generate() for raw completion "
                 "or pass chat_template="
             )
-        return render_chat_template(
+        return render_for_tokenizer(
+            tokenizer,
             template,
-            [dict(m) for m in messages],
+            messages,
             add_generation_prompt=add_generation_prompt,
-            bos_token=tokenizer.bos_token or "",
-            eos_token=tokenizer.eos_token or "",
             tools=tools,
             **template_kwargs,
         )

@@ -64,7 +64,7 @@ def render_chat(
     template_kwargs: Mapping[str, Any] | None = None,
 ) -> str:
     """The conversation as the model's chat template writes it (TokenizerError on failure)."""
-    from ember.tokenizer.chat_template import render_chat_template
+    from ember.tokenizer.chat_template import render_for_tokenizer
 
     tokenizer = require_tokenizer(tokenizer, model)
     template = tokenizer.chat_template
@@ -77,12 +77,11 @@ def render_chat(
     reserved_names = ("template", "messages", "add_generation_prompt", "bos_token", "eos_token")
     for reserved in (*reserved_names, "tools"):
         kwargs.pop(reserved, None)
-    return render_chat_template(
+    return render_for_tokenizer(
+        tokenizer,
         template,
-        [dict(m) for m in messages],
+        messages,
         add_generation_prompt=add_generation_prompt,
-        bos_token=tokenizer.bos_token or "",
-        eos_token=tokenizer.eos_token or "",
         tools=tools,
         **kwargs,
     )

@@ -15,6 +15,7 @@ Every failure is a TokenizerError with a one-line message.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from datetime import datetime
 from functools import lru_cache
@@ -233,3 +234,24 @@ def render_chat_template(
         ) from None
     finally:
         _range_budget.reset(token)
+
+
+def render_for_tokenizer(
+    tokenizer: Any,
+    template: str,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    add_generation_prompt: bool = True,
+    tools: list[Any] | None = None,
+    **extra: Any,
+) -> str:
+    """render_chat_template with the tokenizer's own BOS / EOS texts."""
+    return render_chat_template(
+        template,
+        [dict(m) for m in messages],
+        add_generation_prompt=add_generation_prompt,
+        bos_token=tokenizer.bos_token or "",
+        eos_token=tokenizer.eos_token or "",
+        tools=tools,
+        **extra,
+    )

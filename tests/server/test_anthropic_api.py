@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 import anthropic
@@ -11,6 +10,7 @@ import jsonschema
 import pytest
 
 from tests.server.process import ServerProcess
+from tests.server.sample_tools import ASK_WEATHER, TIME, WEATHER, anthropic_tool
 
 pytestmark = pytest.mark.server
 
@@ -19,34 +19,10 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 GREEDY = {"temperature": 0}
 """This SDK has no temperature argument: it goes in as an extra body field."""
 SYSTEM = "You are a terse assistant. Answer in one short sentence."
-WEATHER_TOOL = {
-    "name": "get_weather",
-    "description": "Current weather of a city",
-    "input_schema": {
-        "type": "object",
-        "properties": {
-            "city": {"type": "string", "maxLength": 20},
-            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-        },
-        "required": ["city", "unit"],
-        "additionalProperties": False,
-    },
-}
-TIME_TOOL = {
-    "name": "get_time",
-    "description": "Current time in a time zone",
-    "input_schema": {
-        "type": "object",
-        "properties": {"zone": {"type": "string", "maxLength": 20}},
-        "required": ["zone"],
-    },
-}
+WEATHER_TOOL = anthropic_tool(WEATHER)
+TIME_TOOL = anthropic_tool(TIME)
 TOOLS: list[Any] = [WEATHER_TOOL, TIME_TOOL]
 SCHEMAS = {tool["name"]: tool["input_schema"] for tool in TOOLS}
-ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
-needs_grammar = pytest.mark.skipif(
-    importlib.util.find_spec("xgrammar") is None, reason="forced tool calls need xgrammar"
-)
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +149,6 @@ def _tool_uses(message: Any) -> list[tuple[str, dict[str, Any]]]:
     return calls
 
 
-@needs_grammar
 @pytest.mark.parametrize(
     "tool_choice",
     [{"type": "any"}, {"type": "tool", "name": "get_weather"}],
@@ -213,7 +188,6 @@ def test_forced_tool_use_streams_the_same(
     assert "input_json" in kinds  # the SDK's event for each input_json_delta
 
 
-@needs_grammar
 def test_tool_result_round_trip_gives_text(claude: anthropic.Anthropic) -> None:
     named = {"type": "tool", "name": "get_weather"}
     first = claude.messages.create(

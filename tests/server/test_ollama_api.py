@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from typing import Any
 
@@ -12,48 +11,15 @@ import ollama
 import pytest
 
 from tests.server.process import ServerProcess
+from tests.server.sample_tools import ASK_WEATHER, TOOLS
 
 pytestmark = pytest.mark.server
 
 MODEL = "smol"
 GREEDY = {"temperature": 0, "num_predict": 16}
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
-WEATHER_PARAMETERS = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "maxLength": 20},
-        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-    },
-    "required": ["city", "unit"],
-    "additionalProperties": False,
-}
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather of a city",
-        "parameters": WEATHER_PARAMETERS,
-    },
-}
-TIME = {
-    "type": "function",
-    "function": {
-        "name": "get_time",
-        "description": "Current time in a time zone",
-        "parameters": {
-            "type": "object",
-            "properties": {"zone": {"type": "string", "maxLength": 20}},
-            "required": ["zone"],
-        },
-    },
-}
-TOOLS = [WEATHER, TIME]
 SCHEMAS = {tool["function"]["name"]: tool["function"]["parameters"] for tool in TOOLS}
-ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
 TOOL_OPTIONS = {"temperature": 0, "num_predict": 96}
-needs_grammar = pytest.mark.skipif(
-    importlib.util.find_spec("xgrammar") is None, reason="forced tool calls need xgrammar"
-)
 TIMING_FIELDS = (
     "total_duration",
     "load_duration",
@@ -180,7 +146,6 @@ def _checked_calls(message: Any) -> list[tuple[str, dict[str, Any]]]:
     return calls
 
 
-@needs_grammar
 @pytest.mark.parametrize(
     "tool_choice",
     ["required", {"type": "function", "function": {"name": "get_weather"}}],
@@ -211,7 +176,6 @@ def test_forced_tool_calls_stream_the_same(http: httpx.Client, tool_choice: Any)
     assert "".join(part.message.content or "" for part in parts) == ""
 
 
-@needs_grammar
 def test_tool_result_round_trip_gives_text(llama: ollama.Client, http: httpx.Client) -> None:
     named = {"type": "function", "function": {"name": "get_weather"}}
     first = http.post(

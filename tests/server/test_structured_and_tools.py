@@ -19,9 +19,9 @@ from ember.server.tools import (
     plan_tools,
     template_messages,
 )
+from tests.server.sample_tools import ASK_WEATHER, TOOLS, WEATHER
 
 pytestmark = pytest.mark.server
-pytest.importorskip("xgrammar")
 
 MODEL = "smol"
 
@@ -61,37 +61,6 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "additionalProperties": False,
     },
 }
-
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather of a city",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string", "maxLength": 20},
-                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-            },
-            "required": ["city", "unit"],
-            "additionalProperties": False,
-        },
-    },
-}
-TIME = {
-    "type": "function",
-    "function": {
-        "name": "get_time",
-        "description": "Current time in a time zone",
-        "parameters": {
-            "type": "object",
-            "properties": {"zone": {"type": "string", "maxLength": 20}},
-            "required": ["zone"],
-        },
-    },
-}
-TOOLS = [WEATHER, TIME]
-ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 def _chat(client: openai.OpenAI, **kwargs: Any) -> Any:

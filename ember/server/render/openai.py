@@ -169,10 +169,11 @@ def chat_response(ctx: RenderContext, collected: Collected) -> dict[str, Any]:
     return body
 
 
-def _chat_chunk(ctx: RenderContext, choices: list[dict[str, Any]]) -> dict[str, Any]:
+def _stream_chunk(ctx: RenderContext, kind: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+    """One SSE chunk of `kind` ("chat.completion.chunk" or "text_completion")."""
     chunk: dict[str, Any] = {
         "id": ctx.response_id,
-        "object": "chat.completion.chunk",
+        "object": kind,
         "created": ctx.created,
         "model": ctx.model,
         "choices": choices,
@@ -180,6 +181,10 @@ def _chat_chunk(ctx: RenderContext, choices: list[dict[str, Any]]) -> dict[str, 
     if ctx.include_usage:
         chunk["usage"] = None
     return chunk
+
+
+def _chat_chunk(ctx: RenderContext, choices: list[dict[str, Any]]) -> dict[str, Any]:
+    return _stream_chunk(ctx, "chat.completion.chunk", choices)
 
 
 async def chat_stream(ctx: RenderContext, generation: Generation) -> AsyncIterator[bytes]:
@@ -412,16 +417,7 @@ def _completion_choice(
 
 
 def _completion_chunk(ctx: RenderContext, choices: list[dict[str, Any]]) -> dict[str, Any]:
-    chunk: dict[str, Any] = {
-        "id": ctx.response_id,
-        "object": "text_completion",
-        "created": ctx.created,
-        "model": ctx.model,
-        "choices": choices,
-    }
-    if ctx.include_usage:
-        chunk["usage"] = None
-    return chunk
+    return _stream_chunk(ctx, "text_completion", choices)
 
 
 async def completion_stream(
