@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +174,7 @@ def _bench(port: int, shape: str, args: argparse.Namespace) -> BenchResult:
         warmup=2,
         progress=False,
     )
-    return run_bench(replace(config))
+    return run_bench(config)
 
 
 def _figures(result: BenchResult) -> dict[str, Any]:
