@@ -79,7 +79,7 @@ def add_command(commands: Any) -> None:
         default=None,
         help="KV-cache size in tokens across all requests (default: 10%% of free memory)",
     )
-    model.add_argument("--kv-cache-dtype", default="bf16", choices=["bf16", "fp16", "fp32", "int8"])
+    model.add_argument("--kv-cache-dtype", default="fp16", choices=["bf16", "fp16", "fp32", "int8"])
     model.add_argument("--max-num-seqs", type=int, default=64, help="most requests per step")
     model.add_argument(
         "--max-num-batched-tokens", type=int, default=512, help="token budget of one step"

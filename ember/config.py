@@ -97,7 +97,7 @@ class EngineConfig:
     """KV-cache budget in token positions across all requests (None: kv_cache_memory_fraction)."""
     kv_cache_memory_fraction: float = 0.1
     """When kv_cache_tokens is None: this share of the memory available at start-up."""
-    kv_cache_dtype: str = "bf16"
+    kv_cache_dtype: str = "fp16"
     """Storage type of cached keys and values: bf16, fp16, fp32, or int8 (one scale per row)."""
     max_num_seqs: int = 64
     """Most requests in one step's batch."""

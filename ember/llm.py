@@ -7,10 +7,12 @@ import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import torch
+
 from ember.config import EngineConfig
 from ember.core.request import RejectReason, RequestRejected
 from ember.engine.generator import Generator, StreamDelta
-from ember.engine.llm_engine import DEFAULT_MAX_MODEL_LEN, LLMEngine
+from ember.engine.llm_engine import DEFAULT_MAX_MODEL_LEN, KV_DTYPES, LLMEngine
 from ember.engine.outputs import RequestOutput
 from ember.errors import RequestError, TokenizerError
 from ember.runtime import set_threads
@@ -53,7 +55,11 @@ class LLM:
         self.model_name = source.name
         # The engine's limit: the model's context, capped by default (see LLMEngine).
         limit = self.engine_config.max_model_len or DEFAULT_MAX_MODEL_LEN
-        self.generator = Generator(self.loaded, limit)
+        # The stream's contiguous cache in the engine's KV dtype (no int8 form: fp16 then).
+        kv_dtype = KV_DTYPES[self.engine_config.kv_cache_dtype]
+        self.generator = Generator(
+            self.loaded, limit, torch.float16 if kv_dtype == torch.int8 else kv_dtype
+        )
         self._engine: LLMEngine | None = None
         self._request_ids = itertools.count()
 

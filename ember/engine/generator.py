@@ -49,8 +49,14 @@ class _Prefill:
 
 
 class Generator:
-    def __init__(self, loaded: LoadedModel, max_model_len: int | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        max_model_len: int | None = None,
+        kv_dtype: torch.dtype = torch.float16,
+    ) -> None:
         self.model = loaded.model
+        self.kv_dtype = kv_dtype
         self.tokenizer = loaded.tokenizer
         self.config = loaded.config
         limit = loaded.config.context_length
@@ -98,7 +104,7 @@ class Generator:
         return logprob_dict(result, self.tokenizer)
 
     def _prefill(self, prompt_ids: list[int], capacity: int, num_prompt_logprobs: int | None):
-        cache = self.model.new_cache(capacity)
+        cache = self.model.new_cache(capacity, self.kv_dtype)
         hidden = self.model.prefill(torch.tensor(prompt_ids, dtype=torch.long), cache)
         plp = None
         if num_prompt_logprobs is not None:

@@ -54,7 +54,7 @@ log = logging.getLogger("ember.engine")
 DEFAULT_MAX_MODEL_LEN = 8192
 """Context per request when none is given: the model's own, capped here (Ollama-like default)."""
 
-_KV_DTYPES = {
+KV_DTYPES = {
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
     "fp32": torch.float32,
@@ -115,7 +115,7 @@ class LLMEngine:
         )
 
         groups = kv_groups(model_config)
-        kv_dtype = _KV_DTYPES[config.kv_cache_dtype]
+        kv_dtype = KV_DTYPES[config.kv_cache_dtype]
         block_bytes = kv_bytes_per_block(model_config, config.block_size, kv_dtype, groups)
         num_blocks = self._pool_blocks(block_bytes, len(groups))
         core_groups = [KVGroupSpec(len(g.layers), g.sliding_window) for g in groups]

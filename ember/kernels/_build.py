@@ -24,7 +24,15 @@ log = logging.getLogger("ember.kernels")
 
 LIBRARY_NAME = "ember_kernels"
 SOURCE_DIR = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("ops.cpp", "gemv.cpp", "gemm_bf16.cpp", "gemm_int8.cpp", "fused.cpp", "parallel.cpp")
+SOURCES = (
+    "ops.cpp",
+    "gemv.cpp",
+    "gemm_bf16.cpp",
+    "gemm_int8.cpp",
+    "fused.cpp",
+    "prefill_attention.cpp",
+    "parallel.cpp",
+)
 HEADERS = ("ember_kernels.h", "blocks.h", "fused.h", "parallel.h")
 # -fopenmp: at::parallel_for's OpenMP loop is inline in torch's headers (without it every call
 # runs on one thread). The libgomp it links resolves to the copy torch already loaded.

@@ -223,6 +223,49 @@ def paged_attention_reference(
     return out
 
 
+def prefill_attention_reference(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_len: int,
+    scale: float,
+    window: int,
+    k_scales: torch.Tensor | None = None,
+    v_scales: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attention of one sequence's last T positions [seq_len - T, seq_len) over its keys.
+
+    q: [T, Hq, Dh]; k_cache / v_cache: [blocks, block_size, Hk, Dh], position p in block
+    block_table[p // block_size] (int32 [n]; a contiguous cache is the one block [0]). int8
+    caches come with k_scales / v_scales [blocks, Hk, block_size]. Computed in float32, in query
+    chunks so no mask bigger than PREFILL_REFERENCE_CHUNK x seq_len is built.
+    """
+    block_size = k_cache.shape[1]
+    ids = block_table[: (seq_len + block_size - 1) // block_size].long()
+    keys, values = k_cache[ids], v_cache[ids]  # [n, block_size, Hk, Dh]
+    if k_scales is not None and v_scales is not None:
+        keys = keys.float() * k_scales[ids].transpose(1, 2).unsqueeze(-1)
+        values = values.float() * v_scales[ids].transpose(1, 2).unsqueeze(-1)
+    keys, values = keys.flatten(0, 1)[:seq_len], values.flatten(0, 1)[:seq_len]
+    start = seq_len - q.shape[0]
+    chunks = [
+        decode_attention_reference(
+            q[offset : offset + PREFILL_REFERENCE_CHUNK],
+            keys,
+            values,
+            start + offset,
+            scale,
+            window,
+        )
+        for offset in range(0, q.shape[0], PREFILL_REFERENCE_CHUNK)
+    ]
+    return torch.cat(chunks) if chunks else torch.empty(q.shape, dtype=q.dtype)
+
+
+PREFILL_REFERENCE_CHUNK = 512
+
+
 def _norm_and_rope_reference_(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -355,6 +398,9 @@ class FusedOps:
     # (q, k, v, k_cache, v_cache, positions, inv_freq, rotary_dim, interleaved, position_scale,
     #  start, scale, window, q_norm=None, k_norm=None, norm_eps=1e-6) -> [T, Hq, Dh]
     cached_attention: Callable[..., torch.Tensor]
+    # (q, k_cache, v_cache, block_table, seq_len, scale, window, k_scales=None,
+    #  v_scales=None) -> [T, Hq, Dh]: one sequence's prompt (chunk) in bf16 dot products
+    prefill_attention: Callable[..., torch.Tensor]
 
 
 def reference_ops() -> FusedOps:
@@ -371,6 +417,7 @@ def reference_ops() -> FusedOps:
         paged_attention=paged_attention_reference,
         cached_attention=cached_attention_reference,
         paged_cached_attention=paged_cached_attention_reference,
+        prefill_attention=prefill_attention_reference,
     )
 
 
@@ -392,6 +439,7 @@ def native_ops() -> FusedOps:
         paged_attention=ops.paged_attention.default,
         cached_attention=ops.cached_attention.default,
         paged_cached_attention=ops.paged_cached_attention.default,
+        prefill_attention=ops.prefill_attention.default,
     )
 
 

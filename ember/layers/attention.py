@@ -11,10 +11,9 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 
 from ember.config import ModelConfig
-from ember.kernels.fused import select_ops
+from ember.kernels.fused import prefill_attention_reference, select_ops
 from ember.layers.norm import RMSNorm
 from ember.layers.rotary import RotaryEmbedding
 from ember.loader.weights import WeightStore
@@ -103,82 +102,13 @@ class SequenceContext:
             )
         q, k = attn.norm_and_rotate(q, k, rotary, positions)
         attn.ops.write_kv_(keys, values, k, v, start)
-        end = start + num_tokens
-        return causal_attention(q, keys[:end], values[:end], start, attn.scale, attn.window)
-
-
-def causal_attention(
-    q: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    start: int,
-    scale: float,
-    sliding_window: int | None,
-) -> torch.Tensor:
-    """Attention of T new queries at positions [start, start+T) over keys at [0, start+T).
-
-    q: [T, heads, head_dim]; keys/values: [S = start+T, kv_heads, head_dim] -> [T, heads, head_dim]
-    Long prompts are cut into query chunks, so a sliding layer only sees the keys its window
-    reaches and no [T, S] mask larger than a chunk's is ever built.
-    """
-    num_tokens = q.shape[0]
-    if num_tokens <= QUERY_CHUNK or (start == 0 and sliding_window is None):
-        # One call: SDPA's fused causal kernel never builds a [T, S] mask.
-        return _attend(q, keys, values, start, scale, sliding_window)
-    outputs = []
-    for offset in range(0, num_tokens, QUERY_CHUNK):
-        chunk = q[offset : offset + QUERY_CHUNK]
-        end = start + offset + chunk.shape[0]
-        outputs.append(
-            _attend(chunk, keys[:end], values[:end], start + offset, scale, sliding_window)
+        # The contiguous cache as one block of a paged pool: [1, capacity, kv_heads, head_dim].
+        return attn.prefill_attention(
+            q, keys.unsqueeze(0), values.unsqueeze(0), ONE_BLOCK, start + num_tokens
         )
-    return torch.cat(outputs)
 
 
-QUERY_CHUNK = 512
-
-
-def _attend(
-    q: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    start: int,
-    scale: float,
-    sliding_window: int | None,
-) -> torch.Tensor:
-    num_tokens, total = q.shape[0], keys.shape[0]
-    first_key = 0
-    if sliding_window is not None:
-        # Keys older than the window of the first query are invisible to every query.
-        first_key = max(0, start - sliding_window + 1)
-    keys, values = keys[first_key:total], values[first_key:total]
-    mask: torch.Tensor | None = None
-    causal = False
-    window_binds = (
-        sliding_window is not None
-        and num_tokens > 1
-        and (start + num_tokens - 1 - first_key >= sliding_window)
-    )
-    if num_tokens == 1 and not window_binds:
-        pass  # one query sees every key left after the window cut
-    elif start == 0 and first_key == 0 and not window_binds:
-        causal = True  # lets SDPA use its fused causal kernel
-    else:
-        q_pos = torch.arange(start, start + num_tokens)[:, None]
-        k_pos = torch.arange(first_key, total)[None, :]
-        mask = k_pos <= q_pos
-        if sliding_window is not None:
-            mask &= (q_pos - k_pos) < sliding_window
-    out = F.scaled_dot_product_attention(
-        q.transpose(0, 1).unsqueeze(0),  # [1, heads, T, head_dim]
-        keys.transpose(0, 1).unsqueeze(0).to(q.dtype),
-        values.transpose(0, 1).unsqueeze(0).to(q.dtype),
-        attn_mask=mask,
-        is_causal=causal,
-        scale=scale,
-        enable_gqa=True,
-    )
-    return out.squeeze(0).transpose(0, 1)
+ONE_BLOCK = torch.zeros(1, dtype=torch.int32)
 
 
 class SelfAttention:
@@ -226,6 +156,25 @@ class SelfAttention:
         self.sliding = config.is_sliding(layer)
         self.window = config.sliding_window if self.sliding else None
         self.scale = config.scale
+
+    def prefill_attention(
+        self,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        block_table: torch.Tensor,
+        seq_len: int,
+        k_scales: torch.Tensor | None = None,
+        v_scales: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One sequence's many new queries over its cached keys ([blocks, block_size, Hk, Dh])."""
+        # The native kernel computes in bf16 dot products on whole 16-lane vectors, its inputs
+        # split in bf16 parts: exact for bf16 and fp16 caches, ~16 bits for int8 ones. A float32
+        # cache asks for float32 attention, which the reference gives.
+        native = self.head_dim % 16 == 0 and keys.dtype != torch.float32
+        attend = self.ops.prefill_attention if native else prefill_attention_reference
+        window = self.window or 0
+        return attend(q, keys, values, block_table, seq_len, self.scale, window, k_scales, v_scales)
 
     def norm_and_rotate(
         self, q: torch.Tensor, k: torch.Tensor, rotary: RotaryEmbedding, positions: torch.Tensor

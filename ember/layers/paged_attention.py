@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ember.config import ModelConfig
-from ember.layers.attention import FUSED_ATTENTION_MAX_TOKENS, SelfAttention, causal_attention
+from ember.layers.attention import FUSED_ATTENTION_MAX_TOKENS, SelfAttention
 from ember.layers.rotary import RotaryEmbedding
 
 
@@ -154,7 +154,7 @@ class BatchContext:
             self.tables.append(table)
             self.slot_blocks.append(torch.tensor(slot_blocks, dtype=torch.int64))
         self.slot_offsets = self.positions % bs  # [T] each new token's row in its block
-        # Sequences whose queries go through SDPA (long chunks) rather than the paged kernel.
+        # Sequences whose queries go through the prefill kernel (long chunks), not the paged one.
         # Deterministic: everything through the paged kernel with a fixed key split, so that
         # neither the batch nor the way a prompt was cut into chunks changes a result.
         self.fixed_chunk = INVARIANT_KEY_CHUNK if deterministic else 0
@@ -221,7 +221,7 @@ class BatchContext:
         k_scales: torch.Tensor | None,
         v_scales: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Long prompt chunks through SDPA on gathered pages; the rest through the paged kernel."""
+        """Long prompt chunks through the prefill kernel; the rest through the paged kernel."""
         out = torch.empty(q.shape, dtype=torch.float32)
         short = [i for i, n in enumerate(self.query_lens) if n <= FUSED_ATTENTION_MAX_TOKENS]
         if short:
@@ -246,25 +246,12 @@ class BatchContext:
                 k_scales,
                 v_scales,
             )
-        bs = self.kv.block_size
         for i in self.long_sequences:
             first, last = int(self.query_start[i]), int(self.query_start[i + 1])
-            length = self.seq_lens[i]
-            ids = self.tables[group][i, : (length + bs - 1) // bs].long()
-            seq_keys, seq_values = keys[ids], values[ids]  # [n, block_size, Hk, Dh]
-            if k_scales is not None and v_scales is not None:
-                seq_keys = seq_keys.float() * k_scales[ids].transpose(1, 2).unsqueeze(-1)
-                seq_values = seq_values.float() * v_scales[ids].transpose(1, 2).unsqueeze(-1)
-            seq_keys = seq_keys.flatten(0, 1)[:length]
-            seq_values = seq_values.flatten(0, 1)[:length]
-            out[first:last] = causal_attention(
-                q[first:last],
-                seq_keys,
-                seq_values,
-                length - (last - first),
-                attn.scale,
-                attn.window,
-            )
+            out[first:last] = attn.prefill_attention(
+                q[first:last], keys, values, self.tables[group][i], self.seq_lens[i],
+                k_scales, v_scales,
+            )  # fmt: skip
         return out
 
 

@@ -72,7 +72,9 @@ class DecoderLM:
                 rotary_dim=rotary_dim,
             )
 
-    def new_cache(self, capacity: int, dtype: torch.dtype = torch.float32) -> SequenceKVCache:
+    def new_cache(self, capacity: int, dtype: torch.dtype = torch.float16) -> SequenceKVCache:
+        """A sequence's KV cache; fp16 by default, like the serving engine's pages and
+        llama.cpp's cache (float32 for exact comparisons: prompts then take fp32 attention)."""
         c = self.config
         return SequenceKVCache(c.num_layers, capacity, c.num_kv_heads, c.head_dim, dtype)
 

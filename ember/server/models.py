@@ -208,7 +208,7 @@ class ModelManager:
         return served
 
     def _estimate(self, served: ServedModel, path: Path) -> int:
-        from ember.engine.llm_engine import _KV_DTYPES
+        from ember.engine.llm_engine import KV_DTYPES
         from ember.layers.paged_attention import kv_bytes_per_block, kv_groups
 
         config = self.engine_config
@@ -219,7 +219,7 @@ class ModelManager:
             weights = 0
         groups = kv_groups(model_config)
         block = kv_bytes_per_block(
-            model_config, config.block_size, _KV_DTYPES[config.kv_cache_dtype], groups
+            model_config, config.block_size, KV_DTYPES[config.kv_cache_dtype], groups
         )
         tokens = config.kv_cache_tokens
         if tokens is None:

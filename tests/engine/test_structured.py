@@ -349,11 +349,13 @@ def test_tool_call_arguments_follow_the_function_schema(smollm2: LoadedModel, ba
     named = {"type": "function", "function": {"name": "weather"}}
     tag = xgr.get_model_structural_tag("qwen_3", tools=tools, tool_choice=named, reasoning=False)
     params = SamplingParams(
-        temperature=0.0, max_tokens=64, structured_outputs={"structural_tag": tag.model_dump_json()}
+        temperature=0.0,
+        max_tokens=128,
+        structured_outputs={"structural_tag": tag.model_dump_json()},
     )
     prompt = chat_prompt(smollm2, "What is the weather in Paris?")
     [result] = run_engine(real_engine(smollm2), {"call": (prompt, params)})["call"]
-    assert result.finish_reason == "stop"
+    assert result.finish_reason == "stop", result.text
     match = re.fullmatch(r"<tool_call>\n(.*)\n</tool_call>", result.text, re.DOTALL)
     assert match, result.text
     call = json.loads(match.group(1))

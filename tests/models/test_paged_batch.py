@@ -34,9 +34,11 @@ class Sequence:
         self.blocks: list[list[int]] = []  # per KV group
 
 
-def alone_logits(loaded: LoadedModel, tokens: list[int]) -> torch.Tensor:
+def alone_logits(
+    loaded: LoadedModel, tokens: list[int], kv_dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     model = loaded.model
-    cache = model.new_cache(len(tokens))
+    cache = model.new_cache(len(tokens), kv_dtype)
     return model.compute_logits(model(torch.tensor(tokens), cache, 0))
 
 
@@ -83,7 +85,7 @@ def test_batched_chunks_and_decodes_match_each_sequence_alone(
         row = 0
         for s, n in active:
             s.computed += n
-            expected = alone_logits(loaded, s.tokens[: s.computed])[-n:]
+            expected = alone_logits(loaded, s.tokens[: s.computed], kv_dtype)[-n:]
             got = logits[row : row + n]
             row += n
             assert not got.isnan().any()

@@ -39,9 +39,10 @@ def test_message(claude: anthropic.Anthropic) -> None:
     [block] = message.content
     assert block.type == "text" and block.text
     assert message.stop_reason in ("end_turn", "max_tokens")
-    assert message.usage.input_tokens > 10
-    assert 1 <= message.usage.output_tokens <= 16
+    # Anthropic counts prompt tokens read from the cache apart from input_tokens.
     assert message.usage.cache_read_input_tokens is not None
+    assert message.usage.input_tokens + message.usage.cache_read_input_tokens > 10
+    assert 1 <= message.usage.output_tokens <= 16
 
 
 def test_system_blocks_equal_system_string(claude: anthropic.Anthropic) -> None:
@@ -74,9 +75,13 @@ def test_stop_reasons(claude: anthropic.Anthropic) -> None:
 def test_stream_equals_message_for_greedy_and_keeps_event_order(
     claude: anthropic.Anthropic,
 ) -> None:
-    whole = claude.messages.create(
-        model=MODEL, max_tokens=24, extra_body=GREEDY, system=SYSTEM, messages=QUESTION
-    )
+    # A first request fills the prefix cache, so the two compared below both reuse it and run
+    # the same kernels: a cache hit and a miss may part ways at a near-tie of the small model
+    # (--deterministic makes them agree; tests/server/test_batching.py).
+    for _ in range(2):
+        whole = claude.messages.create(
+            model=MODEL, max_tokens=24, extra_body=GREEDY, system=SYSTEM, messages=QUESTION
+        )
     kinds = []
     with claude.messages.stream(
         model=MODEL, max_tokens=24, extra_body=GREEDY, system=SYSTEM, messages=QUESTION

@@ -272,21 +272,6 @@ def test_cached_attention_overflow_leaves_q_and_k_untouched(native: fused.FusedO
     assert torch.equal(q, q_before) and torch.equal(k, k_before)
 
 
-def test_attention_reference_matches_the_layer() -> None:
-    from ember.layers import attention
-
-    causal_attention = getattr(attention, "causal_attention", None)
-    if causal_attention is None:
-        pytest.skip("ember.layers.attention.causal_attention is gone")
-    q, k_cache, v_cache, start = attention_case(3, 600, (9, 3, 64), torch.float32, 2)
-    for window in (0, 7):
-        expected = causal_attention(
-            q, k_cache[: start + 3], v_cache[: start + 3], start, 0.125, window or None
-        )
-        got = REF.decode_attention(q, k_cache, v_cache, start, 0.125, window)
-        assert torch.equal(got, expected)
-
-
 def test_decode_attention_refuses_queries_past_the_cache(native: fused.FusedOps) -> None:
     q, k_cache, v_cache, _ = attention_case(3, 5, (9, 3, 64), torch.float32, 0)
     with pytest.raises(RuntimeError, match="does not hold"):
@@ -635,3 +620,120 @@ def test_paged_cached_attention(
             assert torch.equal(expected, got)
         else:
             assert_fp32_close(got, expected, max(magnitude(expected), 1.0))
+
+
+# ---- prefill attention (csrc/prefill_attention.cpp) --------------------------------------------
+# bf16 dot products on operands split into bf16 parts (queries and softmax weights two parts;
+# fp32 / fp16 / int8 keys and values two, bf16 ones are exact), so results stay within ~2^-16
+# of fp32 attention, relative to max |v|. Observed: 6e-6 over bf16 caches, 1.4e-5 over the
+# others; a wrong mask or pack, or a lost low part (~2e-3), is far outside.
+PREFILL_TOLERANCE = 5e-5
+
+
+def assert_prefill_close(actual: torch.Tensor, expected: torch.Tensor, scale: float, tol: float):
+    assert actual.shape == expected.shape and not actual.isnan().any()
+    error = (actual - expected).abs().max().item()
+    assert error <= tol * scale, f"max error {error:.3g} vs scale {scale:.3g}"
+
+
+@pytest.mark.parametrize(
+    ("tokens", "keys"), [(1, 1), (3, 5), (17, 17), (17, 600), (100, 100), (513, 513), (64, 1000)]
+)
+@pytest.mark.parametrize("window", [0, 7, 512])
+@pytest.mark.parametrize("heads", [(9, 3, 64), (4, 1, 256), (6, 2, 48), (2, 2, 16)])
+@pytest.mark.parametrize("block_size", [16, 5])
+def test_prefill_attention(
+    native: fused.FusedOps,
+    tokens: int,
+    keys: int,
+    window: int,
+    heads: tuple[int, int, int],
+    block_size: int,
+) -> None:
+    q, k_cache, v_cache, tables, _, _ = paged_case(
+        [tokens], [keys], heads, block_size, torch.bfloat16, 20
+    )
+    scale = heads[2] ** -0.5
+    args = (tables[0], keys, scale, window)
+    expected = REF.prefill_attention(q, k_cache, v_cache, *args)
+    got = native.prefill_attention(q, k_cache, v_cache, *args)
+    assert got.is_contiguous()
+    assert_prefill_close(
+        got, expected, magnitude(v_cache.float().nan_to_num(0.0)), PREFILL_TOLERANCE
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(("tokens", "keys", "window"), [(40, 40, 0), (70, 300, 64)])
+def test_prefill_attention_over_wider_caches(
+    native: fused.FusedOps, dtype: torch.dtype, tokens: int, keys: int, window: int
+) -> None:
+    q, k_cache, v_cache, tables, _, _ = paged_case([tokens], [keys], (4, 1, 256), 16, dtype, 21)
+    args = (tables[0], keys, 0.0625, window)
+    expected = REF.prefill_attention(q, k_cache, v_cache, *args)
+    got = native.prefill_attention(q, k_cache, v_cache, *args)
+    assert_prefill_close(
+        got, expected, magnitude(v_cache.float().nan_to_num(0.0)), PREFILL_TOLERANCE
+    )
+
+
+def test_prefill_attention_over_int8_pages(native: fused.FusedOps) -> None:
+    q, k_cache, v_cache, tables, _, _ = paged_case([50], [230], (9, 3, 64), 16, torch.float32, 22)
+    k_pages, k_scales = fused.quantize_rows_int8(k_cache.nan_to_num(0.0).transpose(1, 2))
+    v_pages, v_scales = fused.quantize_rows_int8(v_cache.nan_to_num(0.0).transpose(1, 2))
+    k_view, v_view = k_pages.transpose(1, 2), v_pages.transpose(1, 2)
+    args = (tables[0], 230, 0.125, 0, k_scales, v_scales)
+    expected = REF.prefill_attention(q, k_view, v_view, *args)
+    got = native.prefill_attention(q, k_view, v_view, *args)
+    assert_prefill_close(got, expected, magnitude(v_cache.nan_to_num(0.0)), PREFILL_TOLERANCE)
+    with pytest.raises(RuntimeError, match="int8 pages need"):
+        native.prefill_attention(q, k_view, v_view, tables[0], 230, 0.125, 0)
+
+
+def test_prefill_attention_reads_a_contiguous_cache_as_one_block(native: fused.FusedOps) -> None:
+    """How the single-sequence path calls it: [1, capacity, Hk, Dh] and the block table [0]."""
+    q, k_cache, v_cache, start = attention_case(30, 90, (4, 1, 256), torch.bfloat16, 23)
+    one = torch.zeros(1, dtype=torch.int32)
+    got = native.prefill_attention(q, k_cache[None], v_cache[None], one, 90, 0.0625, 0)
+    expected = REF.decode_attention(q, k_cache, v_cache, start, 0.0625, 0)
+    assert_prefill_close(got, expected, magnitude(v_cache[:90].float()), PREFILL_TOLERANCE)
+
+
+def test_prefill_reference_equals_the_decode_reference() -> None:
+    """The paged prefill reference is the decode reference on the gathered sequence."""
+    q, k_cache, v_cache, tables, _, _ = paged_case([600], [700], (9, 3, 64), 16, torch.float32, 24)
+    got = REF.prefill_attention(q, k_cache, v_cache, tables[0], 700, 0.125, 300)
+    ids = tables[0].long()
+    keys, values = k_cache[ids].flatten(0, 1)[:700], v_cache[ids].flatten(0, 1)[:700]
+    expected = REF.decode_attention(q, keys, values, 100, 0.125, 300)
+    torch.testing.assert_close(got, expected)
+
+
+def test_prefill_attention_does_not_depend_on_the_thread_count(native: fused.FusedOps) -> None:
+    q, k_cache, v_cache, tables, _, _ = paged_case(
+        [200], [260], (4, 1, 256), 16, torch.bfloat16, 25
+    )
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(native.prefill_attention(q, k_cache, v_cache, tables[0], 260, 0.06, 0))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(results[0], results[1])
+
+
+def test_prefill_attention_refuses_bad_shapes_and_blocks(native: fused.FusedOps) -> None:
+    q, k_cache, v_cache, tables, _, _ = paged_case([20], [40], (2, 1, 16), 16, torch.bfloat16, 26)
+    table = tables[0].clone()
+    table[1] = k_cache.shape[0]
+    with pytest.raises(RuntimeError, match="outside the pool"):
+        native.prefill_attention(q, k_cache, v_cache, table, 40, 0.25, 0)
+    with pytest.raises(RuntimeError, match="need more than"):
+        native.prefill_attention(q, k_cache, v_cache, tables[0], 10_000, 0.25, 0)
+    with pytest.raises(RuntimeError, match="need more than"):  # fewer positions than queries
+        native.prefill_attention(q, k_cache, v_cache, tables[0], 19, 0.25, 0)
+    odd = torch.zeros(3, 16, 1, 40, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="multiple of 16"):
+        native.prefill_attention(torch.zeros(2, 2, 40), odd, odd, tables[0][:3], 30, 0.25, 0)
