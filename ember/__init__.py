@@ -5,15 +5,16 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-# Before torch (and its OpenMP runtime) loads: threads that finish their share of a parallel
-# region spin ~30k iterations (tens of microseconds), then sleep. Spinning forever (libgomp's
-# default spins 300k) collapses a 2-thread decode on 2 cores when another process wants a core
-# (measured 205 ms vs 7 ms per SmolLM2 token); sleeping at once (OMP_WAIT_POLICY=PASSIVE)
-# costs 2.5x on an idle machine, since a decode step runs a few hundred short regions.
-# benchmarks/RESULTS.md has the figures. A user's own OpenMP settings win.
+# Before torch (and its OpenMP runtime) loads: threads that finish their share of one of torch's
+# own parallel regions sleep at once instead of spinning (libgomp spins 300k iterations by
+# default). Ember's kernels share work through their own pool (kernels/csrc/parallel.h), so
+# torch's regions are the few copies and index ops between them; a torch thread spinning after
+# one took a core from the pool's worker: a 1.2 MB copy per layer cost a SmolLM2 engine prefill
+# step 40%, and mixed prefill + decode batches ran 10-15% faster with no spin at all (decode
+# unchanged). benchmarks/RESULTS.md has the figures. A user's own OpenMP settings win.
 OMP_SETTINGS_BY_EMBER = not ({"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & os.environ.keys())
 if OMP_SETTINGS_BY_EMBER:
-    os.environ["GOMP_SPINCOUNT"] = "30000"
+    os.environ["GOMP_SPINCOUNT"] = "0"
 
 __version__ = "0.1.0"
 

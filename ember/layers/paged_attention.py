@@ -222,8 +222,14 @@ class BatchContext:
         v_scales: torch.Tensor | None,
     ) -> torch.Tensor:
         """Long prompt chunks through the prefill kernel; the rest through the paged kernel."""
-        out = torch.empty(q.shape, dtype=torch.float32)
         short = [i for i, n in enumerate(self.query_lens) if n <= FUSED_ATTENTION_MAX_TOKENS]
+        if not short and len(self.long_sequences) == 1:
+            # One prompt chunk alone (a prefill step): its output is the whole output, no copy.
+            [i] = self.long_sequences
+            return attn.prefill_attention(
+                q, keys, values, self.tables[group][i], self.seq_lens[i], k_scales, v_scales
+            )
+        out = torch.empty(q.shape, dtype=torch.float32)
         if short:
             rows = torch.cat(
                 [
