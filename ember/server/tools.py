@@ -277,11 +277,14 @@ def template_messages(
     for message in rewritten:
         message.pop("_tool_results", None)
     if functions:
+        # Tools before the caller's system text (Anthropic's cache order: tools, system,
+        # messages): an agent's tool list is the same across its conversations while system
+        # prompts often differ, so the prefix cache shares the tool block between them.
         prompt = tool_system_prompt(functions)
         if rewritten and rewritten[0].get("role") == "system":
             first = rewritten[0]
             text = str(first.get("content") or "")
-            first["content"] = f"{text}\n\n{prompt}" if text else prompt
+            first["content"] = f"{prompt}\n\n{text}" if text else prompt
         else:
             rewritten.insert(0, {"role": "system", "content": prompt})
     return rewritten, None
