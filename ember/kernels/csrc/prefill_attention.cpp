@@ -145,27 +145,23 @@ void pack_tile(const KeyRows<KV>& keys, const KeyRows<KV>& values, int64_t head,
   }
 }
 
-// A row of fp32 values (queries, softmax weights) as a sum of `Parts` bf16 rows (each part
-// rounds what the previous ones left), interleaved by pair: [pair][Parts]. Each part adds 8
-// bits of mantissa. One bf16 rounding of a query moves a score of 30 by ~0.06 and its weight by
-// 6%; two parts bring the kernel within ~1e-5 of fp32 attention (a third part costs a sixth
-// more time and gains nothing measurable: the bf16 activations of the matmuls around it round
-// at 4e-3).
-template <int Parts>
+// A row of fp32 values (queries, softmax weights) as two bf16 rows, high and low = x - high,
+// interleaved by pair: [pair][2] (pair: two consecutive values). Two parts keep ~16 bits of
+// mantissa: one bf16 rounding of a query moves a score of 30 by ~0.06 and its weight by 6%;
+// two bring the kernel within ~1e-5 of fp32 attention (a third part cost a sixth more time and
+// gained nothing measurable: the matmuls around it round their activations at 4e-3).
 EMBER_INLINE void split_to_bf16_pairs(const float* x, int64_t dim, uint32_t* dst) {
-  alignas(32) uint16_t parts[Parts][16];
   for (int64_t d = 0; d < dim; d += 16) {  // dim is a multiple of 16
-    __m512 rest = _mm512_loadu_ps(x + d);
-    for (int p = 0; p < Parts; ++p) {
-      const __m256i part = (__m256i)_mm512_cvtneps_pbh(rest);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(parts[p]), part);
-      const __m512 wide = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(part), 16));
-      rest = _mm512_sub_ps(rest, wide);
-    }
-    uint32_t* out = dst + (d / 2) * Parts;
-    for (int j = 0; j < 8; ++j)
-      for (int p = 0; p < Parts; ++p)
-        out[j * Parts + p] = parts[p][2 * j] | (static_cast<uint32_t>(parts[p][2 * j + 1]) << 16);
+    const __m512 v = _mm512_loadu_ps(x + d);
+    const __m256i high = (__m256i)_mm512_cvtneps_pbh(v);  // 8 pairs
+    const __m512 wide = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(high), 16));
+    const __m256i low = (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(v, wide));
+    // Within 128-bit lanes: (h0 l0 h1 l1), (h2 l2 h3 l3); then the lanes back in pair order.
+    const __m256i first = _mm256_unpacklo_epi32(high, low);
+    const __m256i second = _mm256_unpackhi_epi32(high, low);
+    __m256i* out = reinterpret_cast<__m256i*>(dst + d);
+    _mm256_storeu_si256(out, _mm256_permute2x128_si256(first, second, 0x20));
+    _mm256_storeu_si256(out + 1, _mm256_permute2x128_si256(first, second, 0x31));
   }
 }
 
@@ -303,7 +299,7 @@ void attend_tile(const Shape& s, const Rows& rows, int64_t r0, int64_t k0, int64
     // Keys 2j and 2j + 1 side by side: the pair layout of the value tile.
     alignas(64) float probabilities[kTileKeys];
     for (int c = 0; c < 4; ++c) _mm512_store_ps(probabilities + 16 * c, p[c]);
-    split_to_bf16_pairs<kWeightParts>(probabilities, kTileKeys, w);
+    split_to_bf16_pairs(probabilities, kTileKeys, w);
   }
   const int64_t pairs = (valid + 1) / 2;
   float* out = rows.out + r0 * s.dim;
@@ -367,7 +363,7 @@ void prefill_attend(const Shape& s, const float* q, int64_t q_stride0, int64_t q
       // Row r: position t0 + r / group, query head head * group + r % group.
       for (int64_t r = 0; r < count; ++r) {
         const int64_t t = t0 + r / s.group, h = head * s.group + r % s.group;
-        split_to_bf16_pairs<kQueryParts>(q + t * q_stride0 + h * q_stride1, s.dim,
+        split_to_bf16_pairs(q + t * q_stride0 + h * q_stride1, s.dim,
                                          queries.data() + kQueryParts * r * half);
         first[r] = s.first_key(t);
         last[r] = s.last_key(t);
