@@ -33,7 +33,7 @@ SOURCES = (
     "prefill_attention.cpp",
     "parallel.cpp",
 )
-HEADERS = ("ember_kernels.h", "blocks.h", "fused.h", "parallel.h")
+HEADERS = ("ember_kernels.h", "blocks.h", "fused.h", "paged_checks.h", "parallel.h")
 # -fopenmp: at::parallel_for's OpenMP loop is inline in torch's headers (without it every call
 # runs on one thread). The libgomp it links resolves to the copy torch already loaded.
 CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp")

@@ -20,11 +20,16 @@
 #include <vector>
 
 #include "fused.h"
+#include "paged_checks.h"
 #include "parallel.h"
 
 namespace {
 
 namespace vec = ember::vec;
+using ember::check_page_scales;
+using ember::check_paged_caches;
+
+constexpr const char* kOp = "ember fused ops";  // how the paged checks name these ops
 
 // ---------------------------------------------------------------------------------------------
 // Row access: tensors of 1 to 3 dims whose last dim is contiguous, any strides elsewhere (views
@@ -380,20 +385,6 @@ void quantize_row_int8(const float* x, int64_t n, int8_t* codes, float* scale) {
   *scale = amax / 127.f;
 }
 
-void check_page_scales(const at::Tensor& pages, const std::optional<at::Tensor>& scales,
-                       const char* name) {
-  if (pages.scalar_type() != at::kChar) {
-    TORCH_CHECK(!scales.has_value(), "ember fused ops: ", name, " only go with int8 pages");
-    return;
-  }
-  TORCH_CHECK(scales.has_value() && scales->scalar_type() == at::kFloat &&
-                  scales->is_contiguous() && scales->dim() == 3 &&
-                  scales->size(0) == pages.size(0) && scales->size(1) == pages.size(1) &&
-                  scales->size(2) == pages.size(2),
-              "ember fused ops: int8 pages need float32 contiguous ", name,
-              " [blocks, kv_heads, block_size]");
-}
-
 void write_kv_paged_(const at::Tensor& k_pages, const at::Tensor& v_pages, const at::Tensor& k,
                      const at::Tensor& v, const at::Tensor& slot_blocks,
                      const at::Tensor& slot_offsets, const std::optional<at::Tensor>& k_scales,
@@ -422,8 +413,8 @@ void write_kv_paged_(const at::Tensor& k_pages, const at::Tensor& v_pages, const
                     row_of[t] < block_size,
                 "ember fused ops: slot (", block_of[t], ", ", row_of[t], ") outside ", blocks,
                 " blocks of ", block_size);
-  check_page_scales(k_pages, k_scales, "k_scales");
-  check_page_scales(v_pages, v_scales, "v_scales");
+  check_page_scales(k_pages, k_scales, "k_scales", kOp);
+  check_page_scales(v_pages, v_scales, "v_scales", kOp);
   if (k_pages.scalar_type() == at::kChar) {
     int8_t* kp = static_cast<int8_t*>(k_pages.data_ptr());
     int8_t* vp = static_cast<int8_t*>(v_pages.data_ptr());
@@ -865,11 +856,7 @@ at::Tensor paged_attention(const at::Tensor& q, const at::Tensor& k_cache,
                            const std::optional<at::Tensor>& k_scales,
                            const std::optional<at::Tensor>& v_scales) {
   check_heads(q, "q");
-  TORCH_CHECK(k_cache.device().is_cpu() && k_cache.dim() == 4 && k_cache.stride(3) == 1 &&
-                  v_cache.sizes() == k_cache.sizes() && v_cache.stride(3) == 1 &&
-                  v_cache.scalar_type() == k_cache.scalar_type() && v_cache.device().is_cpu(),
-              "ember fused ops: paged caches must be CPU [blocks, block_size, kv_heads, "
-              "head_dim] of one shape and dtype with a contiguous last dim");
+  check_paged_caches(k_cache, v_cache, kOp);
   TORCH_CHECK(block_tables.scalar_type() == at::kInt && block_tables.dim() == 2 &&
                   query_start.scalar_type() == at::kLong && query_start.dim() == 1 &&
                   seq_lens.scalar_type() == at::kLong && seq_lens.dim() == 1,
@@ -924,8 +911,8 @@ at::Tensor paged_attention(const at::Tensor& q, const at::Tensor& k_cache,
   if (k_cache.scalar_type() == at::kChar) {
     // The scales are indexed [block][kv head][row]: the pages' own (head-major) layout.
     const at::Tensor pages = k_cache.transpose(1, 2);
-    check_page_scales(pages, k_scales, "k_scales");
-    check_page_scales(v_cache.transpose(1, 2), v_scales, "v_scales");
+    check_page_scales(pages, k_scales, "k_scales", kOp);
+    check_page_scales(v_cache.transpose(1, 2), v_scales, "v_scales", kOp);
     paged_attend(s, q.const_data_ptr<float>(), q.stride(0), q.stride(1),
                  static_cast<const int8_t*>(k_cache.const_data_ptr()),
                  static_cast<const int8_t*>(v_cache.const_data_ptr()), k_strides, v_strides, tb,

@@ -16,7 +16,6 @@
 // Keys and values are read through a block table: position p of kv head h is row p % block_size
 // of block table[p / block_size]. A contiguous cache is one block.
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <torch/library.h>
 
@@ -30,6 +29,7 @@
 #include <vector>
 
 #include "fused.h"
+#include "paged_checks.h"
 #include "parallel.h"
 
 namespace {
@@ -251,7 +251,6 @@ struct Shape {
 
 // Per-row state of one task's rows.
 struct Rows {
-  int64_t count;
   const uint32_t* queries;  // [count][dim / 2][kQueryParts] bf16 pairs
   float* out;               // [count][dim]
   float* max;
@@ -371,7 +370,7 @@ void prefill_attend(const Shape& s, const float* q, int64_t q_stride0, int64_t q
         row_sum[r] = 0.f;
       }
       std::fill(acc.begin(), acc.begin() + count * s.dim, 0.f);
-      const Rows rows{count, queries.data(), acc.data(), row_max.data(), row_sum.data(),
+      const Rows rows{queries.data(), acc.data(), row_max.data(), row_sum.data(),
                       first.data(), last.data()};
       const int64_t tile0 = (s.first_key(t0) - lo) / kTileKeys;
       const int64_t tile1 = (s.last_key(t1 - 1) - lo) / kTileKeys;  // inclusive
@@ -413,15 +412,6 @@ void prefill_attend(const Shape& s, const float* q, int64_t q_stride0, int64_t q
   });
 }
 
-void check_scales(const at::Tensor& pages, const std::optional<at::Tensor>& scales,
-                  const char* name) {
-  TORCH_CHECK(scales.has_value() && scales->scalar_type() == at::kFloat && scales->dim() == 3 &&
-                  scales->is_contiguous() && scales->size(0) == pages.size(0) &&
-                  scales->size(1) == pages.size(2) && scales->size(2) == pages.size(1),
-              "ember prefill_attention: int8 pages need float32 contiguous ", name,
-              " [blocks, kv_heads, block_size]");
-}
-
 // q: [T, Hq, D] float32 (last dim contiguous); k_cache / v_cache: [blocks, block_size, Hk, D]
 // (any strides but the last), float32, bfloat16, float16 or int8 with per-row scales;
 // block_table: int32 [n], the sequence's blocks in order. Queries are positions
@@ -435,11 +425,11 @@ at::Tensor prefill_attention(const at::Tensor& q, const at::Tensor& k_cache,
                   q.stride(2) == 1,
               "ember prefill_attention: q must be CPU float32 [T, heads, head_dim] with a "
               "contiguous last dim");
-  TORCH_CHECK(k_cache.device().is_cpu() && k_cache.dim() == 4 && k_cache.stride(3) == 1 &&
-                  v_cache.sizes() == k_cache.sizes() && v_cache.stride(3) == 1 &&
-                  v_cache.scalar_type() == k_cache.scalar_type() && v_cache.device().is_cpu(),
-              "ember prefill_attention: caches must be CPU [blocks, block_size, kv_heads, "
-              "head_dim] of one shape and dtype with a contiguous last dim");
+  constexpr const char* kOp = "ember prefill_attention";
+  ember::check_paged_caches(k_cache, v_cache, kOp);
+  // The scales are indexed [block][kv head][row]: the pages' own (head-major) layout.
+  ember::check_page_scales(k_cache.transpose(1, 2), k_scales, "k_scales", kOp);
+  ember::check_page_scales(v_cache.transpose(1, 2), v_scales, "v_scales", kOp);
   TORCH_CHECK(block_table.scalar_type() == at::kInt && block_table.dim() == 1,
               "ember prefill_attention: block_table must be an int32 vector");
   Shape s{};
@@ -491,17 +481,13 @@ at::Tensor prefill_attention(const at::Tensor& q, const at::Tensor& k_cache,
       run(static_cast<vec::Fp16*>(nullptr), nullptr, nullptr);
       break;
     case at::kChar:
-      check_scales(k_cache, k_scales, "k_scales");
-      check_scales(v_cache, v_scales, "v_scales");
       run(static_cast<int8_t*>(nullptr), k_scales->const_data_ptr<float>(),
           v_scales->const_data_ptr<float>());
-      return out;
+      break;
     default:
       TORCH_CHECK(false, "ember prefill_attention: KV cache dtype ", k_cache.scalar_type(),
                   " is not float32, bfloat16, float16 or int8");
   }
-  TORCH_CHECK(!k_scales.has_value() && !v_scales.has_value(),
-              "ember prefill_attention: KV scales only go with int8 pages");
   return out;
 }
 
